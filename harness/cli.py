@@ -1,0 +1,169 @@
+"""sm120-harness: the command line.
+
+Exit codes: 0 pass; 1 a ceiling crossed or a path failed/crashed/timed out; 2 usage or configuration
+error; 3 infrastructure failure (the store cannot be written, no GPU where one is required);
+130 interrupted (what was measured is kept, the run is marked `interrupted`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _Terminated(BaseException):
+    """SIGTERM, handled like ^C so the run is closed as `interrupted`."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sm120-harness", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run a suite profile into the store (default: suites/smoke.toml into ./runs)")
+    run.add_argument("--suite", type=Path, help="profile TOML (default: suites/smoke.toml)")
+    run.add_argument("--store", type=Path, default=Path("runs"), help="run store folder (default: ./runs)")
+    run.add_argument("--kernels-dir", type=Path, help="folder of op files (default: kernels/)")
+    run.add_argument("--only", help="comma-separated op names")
+    run.add_argument("--json", action="store_true", help="print the run's manifest and measurements on stdout")
+    runs = sub.add_parser("runs", help="list the runs of a store")
+    runs.add_argument("--store", type=Path, default=Path("runs"))
+    runs.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        args = _parser().parse_args(["run", *(argv or [])])
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_runs(args)
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _err(msg: str) -> None:
+    print(f"sm120-harness: error: {msg}", file=sys.stderr)
+
+
+def cmd_runs(args) -> int:
+    from harness.store import StoreError, list_runs
+
+    try:
+        runs = list_runs(args.store)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps([r.manifest for r in runs], indent=2, default=str))
+        return EXIT_OK
+    for r in runs:
+        fp = r.manifest.get("fingerprint", {})
+        gpu = (fp.get("gpu") or {}).get("names") or ["cpu"]
+        print(f"{r.run_id}  {r.manifest.get('started_at', '?')}  {r.status:<11}  "
+              f"sglang {(fp.get('sglang_commit') or '?')[:10]:<10}  {gpu[0]}  {r.manifest.get('profile', {}).get('name', '?')}")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from harness.catalogue import CatalogueError, discover
+    from harness.content import content_dir
+    from harness.profile import ProfileError, load_profile, select
+
+    try:
+        suite = args.suite or content_dir("suites") / "smoke.toml"
+        profile = load_profile(suite)
+        kernels_dir = args.kernels_dir or content_dir("kernels")
+        ops = discover(kernels_dir)
+    except (ProfileError, CatalogueError, FileNotFoundError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    try:
+        selections = select(profile, ops, has_gpu=has_gpu, only=args.only.split(",") if args.only else None)
+    except ProfileError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if not selections:
+        _err(f"{profile.file}: the profile selects nothing to run (no [kernels] section)")
+        return EXIT_USAGE
+    return _execute(args, profile, selections, has_gpu)
+
+
+def _execute(args, profile, selections, has_gpu: bool) -> int:
+    import torch
+
+    from harness.ceilings import breaches
+    from harness.console import Progress, summary
+    from harness.fingerprint import fingerprint, redact
+    from harness.page import render_run
+    from harness.parity import Settings, run_kernels
+    from harness.store import RunWriter, StoreError, load_run
+    from harness.worker import kill_all
+
+    fp = fingerprint()
+    try:
+        writer = RunWriter.create(args.store, {
+            "profile": profile.manifest(), "fingerprint": fp, "argv": redact(sys.argv),
+            "suites": ["kernels"], "server": None,
+        })
+    except (StoreError, OSError) as exc:
+        _err(str(exc))
+        return EXIT_INFRA
+    total = sum(len(s.cases) * (len(s.goldens) + len(s.impls)) for s in selections)
+    progress = Progress(total)
+    capability = tuple(torch.cuda.get_device_capability(0)) if has_gpu else None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    slots = ([d.strip() for d in visible.split(",") if d.strip()] if visible else
+             [str(i) for i in range(torch.cuda.device_count())]) if has_gpu else [None]
+    k = profile.kernels
+    settings = Settings(capability=capability, slots=slots, timeout_s=k.timeout_s, seed=k.seed,
+                        on_result=progress.result)
+    where = f"{len(slots)} x {torch.cuda.get_device_name(0)}" if has_gpu else "CPU, Triton interpreter"
+    progress.say(f"run {writer.run_id}: {profile.name} ({total} path x case) on {where} -> {writer.dir}")
+
+    status, code = "complete", EXIT_OK
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        run_kernels(selections, writer, settings)
+    except (KeyboardInterrupt, _Terminated):
+        settings.cancelled.set()
+        kill_all()
+        status, code = "interrupted", EXIT_INTERRUPTED
+        progress.say("interrupted: keeping what was measured")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        writer.finish(status)
+
+    run = load_run(writer.dir)
+    over = breaches(run.measurements, {s.op.name: s.ceilings for s in selections})
+    page = render_run(run, over, writer.artifacts / "report.html")
+    progress.say("\n" + summary(run.measurements, over))
+    outcome = run.measurements[run.measurements["metric"] == "outcome"]
+    broken = outcome[outcome["status"].isin(["failed", "crashed", "timeout"])]
+    if code == EXIT_OK and (len(over) or len(broken)):
+        code = EXIT_GATE
+        progress.say(f"\n{len(over)} measurement(s) over a ceiling, {len(broken)} path x case failed")
+    progress.say(f"page: {page}")
+    if args.json:
+        print(json.dumps({"run": run.manifest, "exit_code": code, "measurements": json.loads(
+            run.measurements.to_json(orient="records"))}, default=str))
+    else:
+        print(writer.run_id)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""What a person sees in the terminal: a line per result as it comes, a summary table at the end.
+Everything goes to stderr, so `--json` keeps stdout for machines."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import pandas as pd
+
+from harness.op import ORACLE
+from harness.worker import Result
+
+
+def fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    if v == 0:
+        return "0"
+    return f"{v:.2e}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.3g}"
+
+
+class Progress:
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def result(self, op: str, case: str, path: str, result: Result, rows: list[dict]) -> None:
+        self.done += 1
+        calc = next((r["value"] for r in rows if r["metric"] == "calc_diff" and r["reference"] == ORACLE), None)
+        extra = f"  calc_diff {fmt(calc)}" if calc is not None else ""
+        err = result.detail.get("error")
+        extra += f"  ({err.splitlines()[0][:120]})" if err and result.status != "ok" else ""
+        width = len(str(self.total))
+        self.say(f"[{self.done:>{width}}/{self.total}] {op}/{case}  {path}  {result.status}  "
+                 f"{fmt(result.seconds)} s{extra}")
+
+
+def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
+    """One line per (case, path): its status, drift against the oracle, and its ratio to each golden."""
+    if df.empty:
+        return "no measurements"
+    over = set(zip(breaches["case"], breaches["impl"], breaches["reference"].fillna(""), breaches["metric"]))
+    outcome = df[df["metric"] == "outcome"]
+    goldens = sorted(set(df.loc[df["metric"] == "rmse_ratio", "reference"].dropna()))
+    head = ["case", "path", "status", "calc_diff", "worst_row", "max_abs"] + [f"rmse/{g}" for g in goldens]
+    lines = [head]
+    for _, o in outcome.iterrows():
+        sub = df[(df["case"] == o["case"]) & (df["impl"] == o["impl"])]
+
+        def cell(metric: str, ref: str) -> str:
+            hit = sub[(sub["metric"] == metric) & (sub["reference"] == ref)]
+            if hit.empty:
+                return ""
+            flag = "!" if (o["case"], o["impl"], ref, metric) in over else ""
+            return fmt(float(hit["value"].iloc[0])) + flag
+
+        status = o["status"] if len(o["status"]) <= 40 else o["status"][:37] + "..."
+        lines.append([o["case"], o["impl"], status, cell("calc_diff", ORACLE), cell("worst_row_calc_diff", ORACLE),
+                      cell("max_abs", ORACLE)] + [cell("rmse_ratio", g) for g in goldens])
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
+    return text + ("\n(! = over its ceiling)" if over else "")

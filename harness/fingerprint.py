@@ -1,0 +1,128 @@
+"""The environment a run measured: GPU, driver, CUDA, package versions, the SGLang commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# distribution name -> key in the fingerprint
+PACKAGES = {
+    "torch": "torch",
+    "triton": "triton",
+    "flashinfer-python": "flashinfer",
+    "sgl-deep-gemm": "deep_gemm",
+    "sgl-flash-mla": "flash_mla",
+    "sglang": "sglang",
+    "sm120-harness": "harness",
+}
+_SECRET = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth)", re.IGNORECASE)
+
+
+def redact(args: list[str]) -> list[str]:
+    """Hide values of secret-looking flags and KEY=VALUE pairs before anything is written."""
+    out, hide_next = [], False
+    for a in args:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif "=" in a and _SECRET.search(a.split("=", 1)[0]):
+            out.append(a.split("=", 1)[0] + "=***")
+        elif a.startswith("-") and _SECRET.search(a):
+            out.append(a)
+            hide_next = True
+        else:
+            out.append(a)
+    return out
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_head(folder: Path) -> str | None:
+    if not shutil.which("git"):
+        return None
+    try:
+        r = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def sglang_commit() -> tuple[str | None, str | None]:
+    """(commit, where it came from): SGLANG_GIT_COMMIT, else the git checkout holding the sglang
+    sources in use, else the installed distribution's direct_url.json."""
+    if os.environ.get("SGLANG_GIT_COMMIT"):
+        return os.environ["SGLANG_GIT_COMMIT"], "SGLANG_GIT_COMMIT"
+    from harness.sglang_src import sglang_root
+    from harness.op import Unavailable
+
+    try:
+        root = sglang_root()
+    except Unavailable:
+        root = None
+    if root is not None:
+        head = _git_head(root)
+        if head:
+            return head, f"git checkout at {root}"
+    try:
+        text = metadata.distribution("sglang").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        text = None
+    if text:
+        commit = json.loads(text).get("vcs_info", {}).get("commit_id")
+        if commit:
+            return commit, "direct_url.json"
+    return None, None
+
+
+def _gpus() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"count": 0, "names": [], "capability": None, "driver": None, "cuda": torch.version.cuda}
+    n = torch.cuda.device_count()
+    driver = None
+    if shutil.which("nvidia-smi"):
+        try:
+            r = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=20)
+            driver = r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "count": n,
+        "names": [torch.cuda.get_device_name(i) for i in range(n)],
+        "capability": list(torch.cuda.get_device_capability(0)),
+        "sm_count": props.multi_processor_count,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "driver": driver,
+        "cuda": torch.version.cuda,
+    }
+
+
+def fingerprint() -> dict[str, Any]:
+    commit, commit_source = sglang_commit()
+    return {
+        "gpu": _gpus(),
+        "packages": {key: _version(dist) for dist, key in PACKAGES.items()},
+        "sglang_commit": commit,
+        "sglang_commit_source": commit_source,
+        "harness_commit": _git_head(Path(__file__).resolve().parent),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+    }

@@ -1,0 +1,164 @@
+"""The kernel parity suite: for each selected op, run the goldens then the implementations in
+isolated workers, and measure each implementation's drift as its outputs arrive."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Queue
+
+from safetensors.torch import load_file
+
+from harness import drift
+from harness.inputs import build_inputs
+from harness.op import ORACLE, Case
+from harness.profile import Selection
+from harness.store import RunWriter, row
+from harness.worker import Job, Result, output_file, run_path
+
+SUITE = "kernels"
+
+
+@dataclass
+class Settings:
+    capability: tuple[int, int] | None  # None: no GPU, Triton runs under its interpreter
+    slots: list[str | None]  # CUDA_VISIBLE_DEVICES per concurrent worker; [None] on the CPU
+    timeout_s: float
+    seed: int
+    on_result: Callable[[str, str, str, Result, list[dict]], None] = lambda *a: None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settings) -> None:
+    with tempfile.TemporaryDirectory(prefix="sm120-harness-outputs-") as outdir:
+        for sel in selections:
+            if settings.cancelled.is_set():
+                return
+            _OpRun(sel, writer, settings, Path(outdir) / sel.op.name).run()
+
+
+class _OpRun:
+    def __init__(self, sel: Selection, writer: RunWriter, settings: Settings, outdir: Path):
+        self.sel, self.writer, self.s, self.outdir = sel, writer, settings, outdir
+        self.op = sel.op
+        self.lock = threading.Lock()
+        self.golden_ok: dict[tuple[str, str], str] = {}  # (case, golden) -> input digest
+        self.masks: dict[str, dict] = {}
+
+    def run(self) -> None:
+        # goldens first (the oracle among them), so every implementation's result can be measured
+        # the moment it arrives
+        for phase in (self.sel.goldens, self.sel.impls):
+            self._parallel(phase)
+
+    def _parallel(self, names: list[str]) -> None:
+        slots = self.s.slots
+        if len(slots) == 1:
+            for name in names:
+                self._run_path(name, slots[0])
+            return
+        free: Queue = Queue()
+        for slot in slots:
+            free.put(slot)
+
+        def unit(name: str) -> None:
+            slot = free.get()
+            try:
+                self._run_path(name, slot)
+            finally:
+                free.put(slot)
+
+        with ThreadPoolExecutor(len(slots)) as ex:
+            for f in [ex.submit(unit, n) for n in names]:
+                f.result()
+
+    def _row(self, case: Case, impl: str, metric: str, value: float, **kw) -> dict:
+        return row(self.writer.run_id, SUITE, f"{self.op.name}/{case.name}", case.version(self.op.name), impl,
+                   metric, value, **kw)
+
+    def _run_path(self, name: str, slot: str | None) -> None:
+        path = self.op.paths[name]
+        reason = path.unsupported_reason(self.s.capability)
+        if reason is not None:
+            for case in self.sel.cases:
+                self._record(case, name, Result(case.name, f"skipped({reason})", 0.0), [])
+            return
+        env = {**os.environ, **path.env}
+        if self.s.capability is None:
+            env["TRITON_INTERPRET"] = "1"
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        job = Job(op_file=str(self.op.file), path=name, cases=[c.name for c in self.sel.cases], seed=self.s.seed,
+                  device="cpu" if self.s.capability is None else "cuda", outdir=str(self.outdir))
+        log = self.writer.artifacts / "workers" / f"{self.op.name}.{name}.log"
+        cases = {c.name: c for c in self.sel.cases}
+        for result in run_path(job, timeout_s=self.s.timeout_s, log=log, env=env):
+            if self.s.cancelled.is_set():
+                return
+            case = cases[result.case]
+            rows = self._measure(case, name, result) if result.status == "ok" else []
+            self._record(case, name, result, rows)
+
+    def _record(self, case: Case, name: str, result: Result, rows: list[dict]) -> None:
+        detail = {**result.detail, "digest": result.digest, "golden": self.op.paths[name].golden}
+        outcome = self._row(case, name, "outcome", result.seconds, unit="s", status=result.status, detail=detail)
+        with self.lock:
+            if self.s.cancelled.is_set():
+                return
+            self.writer.add([outcome, *rows])
+            self.s.on_result(self.op.name, case.name, name, result, rows)
+
+    def _valid(self, case: Case) -> dict:
+        if case.name not in self.masks:
+            inputs = build_inputs(self.op.module, self.op.name, case, self.s.seed)
+            self.masks[case.name] = self.op.valid_region(inputs, case)
+        return self.masks[case.name]
+
+    def _measure(self, case: Case, name: str, result: Result) -> list[dict]:
+        path = self.op.paths[name]
+        if name == ORACLE:
+            self.golden_ok[(case.name, name)] = result.digest
+            return []
+        oracle_digest = self.golden_ok.get((case.name, ORACLE))
+        if oracle_digest is None:
+            result.detail["note"] = "no drift: the fp64 oracle did not run for this case"
+            return []
+        if oracle_digest != result.digest:
+            result.status = "skipped(not comparable: its inputs differ from the oracle's)"
+            return []
+        outs = load_file(str(output_file(self.outdir, case.name, name)))
+        ref = load_file(str(output_file(self.outdir, case.name, ORACLE)))
+        primary = self.op.primary
+        if primary not in outs:
+            result.status = "failed"
+            result.detail["error"] = f"returned {sorted(outs)}, no {primary!r}"
+            return []
+        valid = self._valid(case)
+        atol, rtol = self.sel.tolerance
+        try:
+            metrics = drift.drift(outs[primary], ref[primary], atol, rtol, valid.get(primary))
+            for out_name in sorted(set(outs) & set(ref) - {primary}):
+                metrics += drift.secondary_drift(out_name, outs[out_name], ref[out_name], valid.get(out_name))
+        except ValueError as exc:
+            result.status = "failed"
+            result.detail["error"] = f"output does not match the oracle's: {exc}"
+            return []
+        rows = [self._row(case, name, m.name, m.value, reference=ORACLE, unit=m.unit, better=m.better, detail=m.detail)
+                for m in metrics]
+        if path.golden:
+            self.golden_ok[(case.name, name)] = result.digest
+            return rows
+        for golden in self.sel.goldens:
+            if golden == ORACLE or self.golden_ok.get((case.name, golden)) != result.digest:
+                continue
+            g = load_file(str(output_file(self.outdir, case.name, golden)))[primary]
+            v = valid.get(primary)
+            rows.append(self._row(case, name, "calc_diff", drift.calc_diff(outs[primary], g, v), reference=golden))
+            rows.append(self._row(case, name, "rmse_ratio", drift.rmse_ratio(outs[primary], g, ref[primary], v),
+                                  reference=golden, unit="x"))
+        return rows

@@ -1,0 +1,237 @@
+"""The run store: one folder per run, never modified once finished.
+
+    <store>/<run_id>/run.json              manifest: fingerprint, profile, status, times
+    <store>/<run_id>/measurements.parquet  every measurement row (written when the run ends)
+    <store>/<run_id>/measurements.jsonl    the journal, appended and fsynced as rows come; it is what
+                                           survives a kill, and readers fall back to it
+    <store>/<run_id>/artifacts/            worker logs, the HTML page, ...
+
+Every file is replaced atomically (written under a temporary name, then renamed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COLUMNS = ("run_id", "suite", "case", "case_version", "impl", "reference", "metric", "value", "unit",
+           "better", "samples", "status", "detail")
+SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("suite", pa.string()), ("case", pa.string()), ("case_version", pa.string()),
+    ("impl", pa.string()), ("reference", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
+    ("unit", pa.string()), ("better", pa.string()), ("samples", pa.list_(pa.float64())),
+    ("status", pa.string()), ("detail", pa.string()),
+])
+STATUSES = ("ok", "failed", "crashed", "timeout")  # plus "skipped(<reason>)"
+
+
+class StoreError(Exception):
+    pass
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, sort_keys=True)
+
+
+def row(run_id: str, suite: str, case: str, case_version: str, impl: str, metric: str, value: float,
+        *, reference: str | None = None, unit: str = "", better: str = "lower",
+        samples: Iterable[float] | None = None, status: str = "ok", detail: dict | None = None) -> dict:
+    """One measurement, in the schema every suite shares."""
+    return {
+        "run_id": run_id, "suite": suite, "case": case, "case_version": case_version, "impl": impl,
+        "reference": reference, "metric": metric, "value": float(value), "unit": unit, "better": better,
+        "samples": [float(s) for s in samples] if samples is not None else None, "status": status,
+        "detail": dumps(detail or {}),
+    }
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class RunWriter:
+    """Writes one run as it goes: the journal first, the parquet file when it ends."""
+
+    dir: Path
+    manifest: dict
+
+    @classmethod
+    def create(cls, store: Path, manifest: dict) -> RunWriter:
+        run_id = new_run_id()
+        run_dir = Path(store) / run_id
+        try:
+            (run_dir / "artifacts").mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            raise StoreError(f"{run_dir}: cannot create the run folder: {exc}") from exc
+        manifest = {**manifest, "run_id": run_id, "status": "running", "started_at": now(),
+                    "ended_at": None, "pid": os.getpid(), "host": socket.gethostname()}
+        writer = cls(run_dir, manifest)
+        writer.save_manifest()
+        writer._journal = open(run_dir / "measurements.jsonl", "a", encoding="utf-8")
+        return writer
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+    @property
+    def artifacts(self) -> Path:
+        return self.dir / "artifacts"
+
+    def save_manifest(self) -> None:
+        atomic_write(self.dir / "run.json", (json.dumps(self.manifest, indent=2, default=_json_default) + "\n").encode())
+
+    def add(self, rows: list[dict]) -> None:
+        for r in rows:
+            missing = set(COLUMNS) - set(r)
+            if missing:
+                raise StoreError(f"measurement row lacks {sorted(missing)}")
+            self._journal.write(dumps(r) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    def finish(self, status: str, **extra: Any) -> None:
+        """Consolidate the journal into measurements.parquet, then mark the manifest."""
+        self._journal.close()
+        rows = read_journal(self.dir / "measurements.jsonl")
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)
+        atomic_write(self.dir / "measurements.parquet", buf.getvalue().to_pybytes())
+        (self.dir / "measurements.jsonl").unlink()
+        self.manifest.update(status=status, ended_at=now(), measurements=len(rows), **extra)
+        self.save_manifest()
+
+
+def read_journal(path: Path) -> list[dict]:
+    """Rows of a journal; a torn last line (the process died mid-write) is dropped."""
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+@dataclass
+class Run:
+    dir: Path
+    manifest: dict
+    measurements: pd.DataFrame
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+    @property
+    def status(self) -> str:
+        return self.manifest["status"]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_run(run_dir: Path) -> Run:
+    run_dir = Path(run_dir)
+    try:
+        manifest = json.loads((run_dir / "run.json").read_text())
+    except FileNotFoundError as exc:
+        raise StoreError(f"{run_dir}: no run.json, not a run") from exc
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{run_dir / 'run.json'}: not valid JSON ({exc})") from exc
+    parquet = run_dir / "measurements.parquet"
+    if parquet.exists():
+        df = pq.read_table(parquet, schema=SCHEMA).to_pandas()
+    else:
+        df = pd.DataFrame(read_journal(run_dir / "measurements.jsonl"), columns=list(COLUMNS))
+        # A run whose process is gone without finishing was killed: say so, on read, without writing.
+        if manifest.get("status") == "running" and not (
+            manifest.get("host") == socket.gethostname() and _pid_alive(int(manifest.get("pid", -1)))
+        ):
+            manifest = {**manifest, "status": "interrupted"}
+    return Run(run_dir, manifest, df)
+
+
+def list_runs(store: Path) -> list[Run]:
+    store = Path(store)
+    if not store.is_dir():
+        return []
+    runs = []
+    for d in sorted(store.iterdir()):
+        if (d / "run.json").exists():
+            runs.append(load_run(d))
+    return runs
+
+
+def resolve(store: Path, ref: str) -> Run:
+    """A run named by its directory, its id, `latest`, `latest:<profile>`, or an SGLang commit prefix."""
+    if Path(ref).is_dir() and (Path(ref) / "run.json").exists():
+        return load_run(Path(ref))
+    runs = list_runs(store)
+    if ref == "latest" or ref.startswith("latest:"):
+        profile = ref.partition(":")[2]
+        match = [r for r in runs if not profile or r.manifest.get("profile", {}).get("name") == profile]
+        if not match:
+            raise StoreError(f"{store}: no run matches {ref!r}")
+        return max(match, key=lambda r: r.manifest.get("started_at", ""))
+    match = [r for r in runs if r.run_id == ref] or [
+        r for r in runs if len(ref) >= 7 and (r.manifest.get("fingerprint", {}).get("sglang_commit") or "").startswith(ref)
+    ]
+    if not match:
+        raise StoreError(f"{store}: no run with id or SGLang commit {ref!r}")
+    if len(match) > 1:
+        return max(match, key=lambda r: r.manifest.get("started_at", ""))
+    return match[0]
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -1,0 +1,283 @@
+"""DeepSeek-V4 sparse MLA decode: what SGLang runs on SM120 in place of FlashMLA's sparse FP8 decode.
+
+Call site: `srt/layers/attention/deepseek_v4_backend.py` calls `flash_mla_with_kvcache_sm120(q,
+k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices_in_kvcache, extra_topk_length,
+head_dim_v=512, softmax_scale=512**-0.5)`; on SM120 the default is FlashInfer's SM120 sparse MLA,
+`SGLANG_SM120_FLASHMLA_BACKEND=triton|torch` selects the fallbacks measured here.
+
+Inputs, in the production layout:
+  q            [B, 1, H, 512] bf16: 448 nope + 64 rope (rope already applied); H 64 (TP=1) or 32 (TP=2)
+  k_cache      the SWA cache, V4 paged FP8 (harness/dsv4.py), 256-token pages, as raw bytes
+  indices      [B, 1, topk] int32 token slots (page * page_size + offset), -1 = none
+  topk_length  [B] int32 (optional): entries at or past it are ignored, whatever they hold
+  attn_sink    [H] fp32 (optional): joins the softmax denominator only (FlashMLA's rule)
+  extra_*      the compressed c4 cache (64-token pages, top-k 512), its indices and lengths
+
+Outputs are named by what they mean, so conventions never need guessing: `out` [B, H, 512];
+`lse` is the natural-log LSE without the sink (FlashMLA, the PyTorch fallback); `lse_with_sink`
+includes it (the Triton fallback returns that one).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from harness import dsv4
+from harness.op import ORACLE, Case, Path, Unavailable
+from harness.sglang_src import import_module, load_by_path
+
+OP = "mla_sparse_decode"
+# The KV cache is fp8, but the oracle dequantizes it exactly, so what is left is bf16 rounding of q,
+# of intermediate sums and of the output: the bf16 ceiling applies.
+DTYPE = "bf16"
+PRIMARY = "out"
+TOLERANCE = (1e-2, 1e-2)
+SM_SCALE = dsv4.DIM**-0.5
+SM120 = ((12, 0), (12, 1))
+
+
+def _case(name: str, tags: set[str], **p) -> Case:
+    base = dict(page=256, n_main=16384, extra_topk=0, extra_page=64, n_extra=16384, topk_length=True,
+                sink=True, empty_row=False)
+    return Case(name, {**base, **p}, frozenset(tags))
+
+
+def cases() -> list[Case]:
+    tiny = dict(n_main=512, n_extra=256)
+    out = [
+        _case("tiny_b3_h4_swa64_c4x64", {"tiny"}, B=3, H=4, topk=64, extra_topk=64, **tiny),
+        _case("tiny_b2_h4_topk64_nosink_nolen", {"tiny"}, B=2, H=4, topk=64, sink=False, topk_length=False, **tiny),
+        _case("tiny_b3_h2_c4x64_emptyrow", {"tiny"}, B=3, H=2, topk=64, extra_topk=64, empty_row=True, **tiny),
+    ]
+    # DeepSeek-V4-Flash: a c4 layer reads the SWA window (128) plus 512 compressed tokens.
+    for h in (64, 32):
+        for b in (1, 8, 32, 128):
+            out.append(_case(f"b{b}_h{h}_swa128_c4x512", {"flash"}, B=b, H=h, topk=128, extra_topk=512))
+        for b in (8, 128):
+            out.append(_case(f"b{b}_h{h}_topk512", {"flash"}, B=b, H=h, topk=512))
+        out.append(_case(f"b32_h{h}_swa128_c4x512_nosink", {"flash"}, B=32, H=h, topk=128, extra_topk=512, sink=False))
+        out.append(_case(f"b32_h{h}_swa128_c4x512_nolen", {"flash"}, B=32, H=h, topk=128, extra_topk=512,
+                         topk_length=False))
+        out.append(_case(f"b8_h{h}_swa128_c4x512_emptyrow", {"flash"}, B=8, H=h, topk=128, extra_topk=512,
+                         empty_row=True))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _cache(n: int, page: int, gen: torch.Generator) -> torch.Tensor:
+    """Random K rows, packed. Row magnitudes spread over 2^-2..2^1 so the UE8M0 scales vary while the
+    scores (q.k / sqrt(512), q ~ N(0, 1)) stay O(1), as after DeepSeek-V4's KV norm: the softmax is
+    spread over many tokens rather than decided by one."""
+    k = torch.randn(n, dsv4.DIM, generator=gen) * torch.pow(2.0, torch.randint(-2, 2, (n, 1), generator=gen).float())
+    return dsv4.pack_pages(*dsv4.quantize_v4(k), page)
+
+
+def _indices(B: int, topk: int, n: int, with_length: bool, empty_row: bool, gen: torch.Generator):
+    idx = torch.stack([torch.randperm(n, generator=gen)[:topk] for _ in range(B)]).to(torch.int32)
+    length = None
+    if with_length:
+        # entries past the length keep real-looking slots: an implementation that ignores
+        # topk_length reads them and is caught
+        length = torch.randint(topk // 2, topk + 1, (B,), generator=gen, dtype=torch.int32)
+        length[0] = topk
+    else:
+        idx[-1, 3 * topk // 4 :] = -1  # trailing padding
+        holes = torch.randperm(topk, generator=gen)[: max(1, topk // 16)]
+        idx[0, holes] = -1  # and holes inside a row
+    if empty_row:
+        idx[-1] = -1
+        if length is not None:
+            length[-1] = 0
+    return idx.view(B, 1, topk), length
+
+
+def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    p = case.params
+    B, H = p["B"], p["H"]
+    t = {"q": torch.randn(B, 1, H, dsv4.DIM, generator=gen).to(torch.bfloat16),
+         "k_cache": _cache(p["n_main"], p["page"], gen)}
+    t["indices"], length = _indices(B, p["topk"], p["n_main"], p["topk_length"], p["empty_row"], gen)
+    if length is not None:
+        t["topk_length"] = length
+    if p["sink"]:
+        # sinks from negligible to dominant next to the LSE of a few hundred O(1) scores
+        t["attn_sink"] = torch.rand(H, generator=gen) * 8.0
+    if p["extra_topk"]:
+        t["extra_k_cache"] = _cache(p["n_extra"], p["extra_page"], gen)
+        t["extra_indices"], length = _indices(B, p["extra_topk"], p["n_extra"], p["topk_length"], p["empty_row"], gen)
+        if length is not None:
+            t["extra_topk_length"] = length
+    return t
+
+
+def _selected(indices: torch.Tensor, length: torch.Tensor | None) -> torch.Tensor:
+    """[B, topk] bool: the entries that take part."""
+    idx = indices[:, 0]
+    keep = idx >= 0
+    if length is not None:
+        keep &= torch.arange(idx.shape[1], device=idx.device)[None, :] < length[:, None].to(idx.device)
+    return keep
+
+
+def _has_any(t: dict, case: Case) -> torch.Tensor:
+    keep = _selected(t["indices"], t.get("topk_length")).any(1)
+    if "extra_indices" in t:
+        keep |= _selected(t["extra_indices"], t.get("extra_topk_length")).any(1)
+    return keep
+
+
+def valid_region(t: dict, case: Case) -> dict[str, torch.Tensor]:
+    """An LSE is undefined for a row that attends to nothing (conventions differ: -inf, +inf)."""
+    rows = _has_any(t, case)[:, None]
+    return {"lse": rows, "lse_with_sink": rows if "attn_sink" not in t else torch.ones_like(rows)}
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def _views(t: dict, case: Case):
+    p = case.params
+    k = dsv4.paged_view(t["k_cache"], p["page"])
+    ek = dsv4.paged_view(t["extra_k_cache"], p["extra_page"]) if "extra_k_cache" in t else None
+    return k, ek
+
+
+def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
+    """float64 attention over the exactly dequantized selected tokens."""
+    p = case.params
+    kv = [(dsv4.dequantize_pages(t["k_cache"], p["page"]), t["indices"], t.get("topk_length"))]
+    if "extra_k_cache" in t:
+        kv.append((dsv4.dequantize_pages(t["extra_k_cache"], p["extra_page"]), t["extra_indices"],
+                   t.get("extra_topk_length")))
+    keys, keep = [], []
+    for exact, idx, length in kv:
+        keys.append(exact[idx[:, 0].clamp(min=0).long()])  # [B, topk, 512]
+        keep.append(_selected(idx, length))
+    K, keep = torch.cat(keys, 1), torch.cat(keep, 1)
+    q = t["q"][:, 0].double()  # [B, H, 512]
+    s = torch.einsum("bhd,btd->bht", q, K) * SM_SCALE
+    s = s.masked_fill(~keep[:, None, :], -math.inf)
+    lse = torch.logsumexp(s, -1)  # -inf for a row with nothing selected
+    w = torch.exp(s - torch.where(lse.isfinite(), lse, 0.0)[..., None])
+    out = torch.einsum("bht,btd->bhd", w, K)
+    lse_with_sink = lse
+    if "attn_sink" in t:
+        lse_with_sink = torch.logaddexp(lse, t["attn_sink"].double()[None, :])
+        out = out * torch.exp(lse - lse_with_sink)[..., None]
+    return {"out": out, "lse": lse, "lse_with_sink": lse_with_sink}
+
+
+def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
+    mod = load_by_path("kernels/ops/attention/flash_mla_sm120_triton.py")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        # the autotuner benchmarks its configs, which the interpreter cannot: keep the first
+        kernel = mod._tiled_sparse_decode_kernel
+        kernel.configs = kernel.configs[:1]
+    k, ek = _views(t, case)
+    out, lse = mod.flash_mla_sparse_decode_triton(
+        t["q"], k, t["indices"], t.get("topk_length"), t.get("attn_sink"), dsv4.DIM, SM_SCALE,
+        extra_k_cache=ek, extra_indices=t.get("extra_indices"), extra_topk_length=t.get("extra_topk_length"))
+    return {"out": out[:, 0], ("lse_with_sink" if "attn_sink" in t else "lse"): lse[..., 0]}
+
+
+def sglang_torch(t: dict, case: Case) -> dict[str, torch.Tensor]:
+    mod = import_module("sglang.kernels.ops.attention.flash_mla_sm120")
+    k, ek = _views(t, case)
+    out, lse = mod._sm120_sparse_decode_fwd(
+        t["q"], k, t["indices"], t.get("topk_length"), t.get("attn_sink"), dsv4.DIM, SM_SCALE,
+        extra_k_cache=ek, extra_indices=t.get("extra_indices"), extra_topk_length=t.get("extra_topk_length"))
+    return {"out": out[:, 0], "lse": lse[..., 0]}
+
+
+def flashinfer_sm120(t: dict, case: Case) -> dict[str, torch.Tensor]:
+    """The SM120 default, through SGLang's own entry point (page split to 64 and split-K included)."""
+    mod = import_module("sglang.kernels.ops.attention.flash_mla_sm120")
+    mod._sm120_default_backend = "flashinfer"  # read once at import; pin it whatever the env said
+    k, ek = _views(t, case)
+    out, _ = mod.flash_mla_with_kvcache_sm120(
+        q=t["q"], k_cache=k, indices=t["indices"], topk_length=t.get("topk_length"), attn_sink=t.get("attn_sink"),
+        head_dim_v=dsv4.DIM, softmax_scale=SM_SCALE, extra_k_cache=ek,
+        extra_indices_in_kvcache=t.get("extra_indices"), extra_topk_length=t.get("extra_topk_length"))
+    return {"out": out.reshape(t["q"].shape[0], t["q"].shape[2], -1)}
+
+
+def flashinfer_fa2(t: dict, case: Case) -> dict[str, torch.Tensor]:
+    """FlashInfer's FA2 MLA over the selected tokens: page size 1, the full 512-wide dequantized row as
+    ckv, kpe and q_pe zero. Its LSE is base 2; the sink is applied afterwards from it. A row with
+    nothing selected gets one dummy token and is then set to FlashMLA's answer (0)."""
+    try:
+        import flashinfer
+    except ImportError as exc:
+        raise Unavailable(f"flashinfer is not installed ({exc})") from exc
+    p, dev = case.params, t["q"].device
+    B, H = p["B"], p["H"]
+    parts, keeps, offset = [], [], 0
+    for cache, page, idx, length in (("k_cache", "page", "indices", "topk_length"),
+                                     ("extra_k_cache", "extra_page", "extra_indices", "extra_topk_length")):
+        if cache not in t:
+            continue
+        exact = dsv4.dequantize_pages(t[cache], p[page])
+        parts.append(exact)
+        keeps.append((t[idx][:, 0].long() + offset, _selected(t[idx], t.get(length))))
+        offset += exact.shape[0]
+    ckv = torch.cat(parts).to(torch.bfloat16).view(offset, 1, dsv4.DIM)
+    rows, lens = [], []
+    for b in range(B):
+        sel = torch.cat([ix[b][k[b]] for ix, k in keeps])
+        rows.append(sel if sel.numel() else torch.zeros(1, dtype=torch.long, device=dev))
+        lens.append(rows[-1].numel())
+    lens_t = torch.tensor(lens, dtype=torch.int32, device=dev)
+    kv_indptr = torch.cat([torch.zeros(1, dtype=torch.int32, device=dev), lens_t.cumsum(0).int()])
+    wrapper = flashinfer.mla.BatchMLAPagedAttentionWrapper(
+        torch.empty(256 << 20, dtype=torch.int8, device=dev), backend="fa2")
+    wrapper.plan(torch.arange(B + 1, dtype=torch.int32, device=dev), kv_indptr, torch.cat(rows).int(), lens_t,
+                 H, dsv4.DIM, dsv4.ROPE, 1, False, SM_SCALE, torch.bfloat16, torch.bfloat16)
+    o, lse2 = wrapper.run(t["q"][:, 0].contiguous(), torch.zeros(B, H, dsv4.ROPE, dtype=torch.bfloat16, device=dev),
+                          ckv, torch.zeros(offset, 1, dsv4.ROPE, dtype=torch.bfloat16, device=dev), return_lse=True)
+    lse = lse2.float() * math.log(2.0)
+    out = o.float()
+    if "attn_sink" in t:
+        out = out * torch.sigmoid(lse - t["attn_sink"][None, :])[..., None]
+    empty = ~_has_any(t, case)
+    out[empty], lse[empty] = 0.0, -math.inf
+    return {"out": out.to(torch.bfloat16), "lse": lse}
+
+
+def flashmla_legacy(t: dict, case: Case) -> dict[str, torch.Tensor]:
+    """FlashMLA's legacy V4 sparse decode (`use_legacy=True`, as SGLang calls it for the
+    non-interleaved V4 layout). It takes 64 or 128 heads: TP=2's 32 are padded with zero q rows,
+    as SGLang pads them."""
+    try:
+        import flash_mla
+    except ImportError as exc:
+        raise Unavailable(f"flash_mla is not installed ({exc})") from exc
+    p = case.params
+    H, Hp = p["H"], max(64, p["H"])
+    q, sink = t["q"], t.get("attn_sink")
+    if Hp != H:
+        q = torch.cat([q, q.new_zeros(q.shape[0], 1, Hp - H, q.shape[3])], 2)
+        sink = None if sink is None else torch.cat([sink, sink.new_zeros(Hp - H)])
+    k, ek = _views(t, case)
+    meta, _ = flash_mla.get_mla_metadata()
+    out, lse = flash_mla.flash_mla_with_kvcache(
+        q, k, None, None, dsv4.DIM, meta, softmax_scale=SM_SCALE, is_fp8_kvcache=True, indices=t["indices"],
+        attn_sink=sink, extra_k_cache=ek, extra_indices_in_kvcache=t.get("extra_indices"),
+        topk_length=t.get("topk_length"), extra_topk_length=t.get("extra_topk_length"), use_legacy=True)
+    return {"out": out[:, 0, :H], "lse": lse[:, :H, 0]}
+
+
+PATHS = [
+    Path(ORACLE, oracle, golden=True, note="float64 over the exact dequantization"),
+    Path("flashinfer.fa2", flashinfer_fa2, golden=True, needs_cuda=True),
+    Path("flashmla.legacy", flashmla_legacy, golden=True, archs=((9, 0),),
+         note="sgl-flash-mla's legacy sm90 V4 kernel; no SM120 build exists"),
+    Path("sglang.triton", sglang_triton, note="flash_mla_sparse_decode_triton, loaded by file path"),
+    Path("sglang.torch", sglang_torch, note="_sm120_sparse_decode_fwd"),
+    Path("flashinfer.sm120", flashinfer_sm120, archs=SM120, env={"SGLANG_SM120_FLASHMLA_BACKEND": "flashinfer"},
+         note="the SM120 default: FlashInfer's SM120 sparse MLA via flash_mla_with_kvcache_sm120"),
+]
