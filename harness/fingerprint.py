@@ -65,8 +65,8 @@ def sglang_commit() -> tuple[str | None, str | None]:
     sources in use, else the installed distribution's direct_url.json."""
     if os.environ.get("SGLANG_GIT_COMMIT"):
         return os.environ["SGLANG_GIT_COMMIT"], "SGLANG_GIT_COMMIT"
-    from harness.sglang_src import sglang_root
     from harness.op import Unavailable
+    from harness.sglang_src import sglang_root
 
     try:
         root = sglang_root()
@@ -76,6 +76,9 @@ def sglang_commit() -> tuple[str | None, str | None]:
         head = _git_head(root)
         if head:
             return head, f"git checkout at {root}"
+    generated = _sglang_generated("__commit_id__")
+    if generated:
+        return generated, "sglang/_version.py"
     try:
         text = metadata.distribution("sglang").read_text("direct_url.json")
     except metadata.PackageNotFoundError:
@@ -113,11 +116,30 @@ def _gpus() -> dict[str, Any]:
     }
 
 
+def _sglang_generated(field: str) -> str | None:
+    """A field of the sources' generated sglang/_version.py (`__version__`, `__commit_id__`), read
+    as text: importing sglang runs its whole package __init__."""
+    from harness.op import Unavailable
+    from harness.sglang_src import sglang_root
+
+    try:
+        root = sglang_root()
+    except Unavailable:
+        return None
+    file = root / "sglang" / "_version.py" if root else None
+    if file is None or not file.is_file():
+        return None
+    m = re.search(rf"^{field}\s*=\s*(?:\w+\s*=\s*)?['\"]([^'\"]+)['\"]", file.read_text(), re.MULTILINE)
+    return m.group(1) if m else None
+
+
 def fingerprint() -> dict[str, Any]:
     commit, commit_source = sglang_commit()
+    packages = {key: _version(dist) for dist, key in PACKAGES.items()}
+    packages["sglang"] = _sglang_generated("__version__") or packages["sglang"]
     return {
         "gpu": _gpus(),
-        "packages": {key: _version(dist) for dist, key in PACKAGES.items()},
+        "packages": packages,
         "sglang_commit": commit,
         "sglang_commit_source": commit_source,
         "harness_commit": _git_head(Path(__file__).resolve().parent),

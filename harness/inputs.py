@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
+from pathlib import Path
 
 import torch
 
@@ -22,6 +24,22 @@ def build_inputs(op_module, op: str, case: Case, seed: int) -> dict[str, torch.T
         if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
             raise TypeError(f"{op}: make_inputs({case.name}) returned {name!r} that is not a CPU tensor")
     return dict(inputs)
+
+
+def cached_inputs(op_module, op: str, case: Case, seed: int, cache_dir: Path) -> dict[str, torch.Tensor]:
+    """build_inputs, shared through `cache_dir` by the processes of one run: every path of a case then
+    reads the very same bytes, and the seconds of building them are spent once."""
+    from safetensors.torch import load_file, save_file
+
+    file = Path(cache_dir) / case.name / f"inputs-{seed}.safetensors"
+    if file.exists():
+        return load_file(str(file))
+    inputs = build_inputs(op_module, op, case, seed)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(tmp))
+    os.replace(tmp, file)
+    return inputs
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -61,12 +61,12 @@ class Path:
 
     def unsupported_reason(self, capability: tuple[int, int] | None) -> str | None:
         """Why this path cannot run on a device of `capability` (None: no GPU), else None."""
+        want = ", ".join(f"sm_{a}{b}" for a, b in self.archs or ())
         if capability is None:
-            if self.needs_cuda or self.archs is not None:
-                return "needs a CUDA GPU"
-            return None
+            if self.archs is not None:
+                return f"needs a CUDA GPU: {want}"
+            return "needs a CUDA GPU" if self.needs_cuda else None
         if self.archs is not None and tuple(capability) not in self.archs:
-            want = ", ".join(f"sm_{a}{b}" for a, b in self.archs)
             return f"runs on {want}, this GPU is sm_{capability[0]}{capability[1]}"
         return None
 

@@ -15,7 +15,7 @@ from queue import Queue
 from safetensors.torch import load_file
 
 from harness import drift
-from harness.inputs import build_inputs
+from harness.inputs import cached_inputs
 from harness.op import ORACLE, Case
 from harness.profile import Selection
 from harness.store import RunWriter, row
@@ -115,7 +115,7 @@ class _OpRun:
 
     def _valid(self, case: Case) -> dict:
         if case.name not in self.masks:
-            inputs = build_inputs(self.op.module, self.op.name, case, self.s.seed)
+            inputs = cached_inputs(self.op.module, self.op.name, case, self.s.seed, self.outdir)
             self.masks[case.name] = self.op.valid_region(inputs, case)
         return self.masks[case.name]
 

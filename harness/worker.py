@@ -184,7 +184,7 @@ def child(job_file: str) -> int:
     from safetensors.torch import save_file
 
     from harness.catalogue import load_op_file
-    from harness.inputs import build_inputs, digest, to_device
+    from harness.inputs import cached_inputs, digest, to_device
     from harness.op import Unavailable
 
     op = load_op_file(Path(job.op_file))
@@ -194,7 +194,7 @@ def child(job_file: str) -> int:
         emit(event="start", case=name)
         t0 = time.perf_counter()
         try:
-            inputs = build_inputs(op.module, op.name, cases[name], job.seed)
+            inputs = cached_inputs(op.module, op.name, cases[name], job.seed, Path(job.outdir))
             dig = digest(inputs)
             outputs = path.run(to_device(inputs, job.device), cases[name])
             _sync(job.device)

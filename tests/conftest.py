@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OPS = Path(__file__).resolve().parent / "ops"
+
+
+def sglang_available() -> bool:
+    from harness.sglang_src import sglang_root
+
+    try:
+        return sglang_root() is not None
+    except Exception:
+        return False
+
+
+def needs_sglang():
+    """CI installs SGLang's sources, so there a missing SGLang is an error, not a skip."""
+    if sglang_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("sglang is not installed; CI must install it (see README)")
+    pytest.skip("sglang is not installed (pip install --no-deps sglang==0.5.23)")
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: float = 600):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def write_profile(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
