@@ -41,13 +41,25 @@ def main() -> int:
     per_path = {}
     for impl, g in outcome.groupby("impl", sort=False):
         ran = g[g["status"] == "ok"]
-        per_path[impl] = {"cases": int(len(g)), "ok": int(len(ran)), "seconds": float(ran["value"].sum()),
-                          "first_case_s": float(ran["value"].iloc[0]) if len(ran) else None}
-    result = {"run_id": run.run_id, "exit_code": rc, "wall_s": round(wall, 2), "target_s": TARGET_S,
-              "gpu": run.manifest["fingerprint"]["gpu"].get("names"), "per_path": per_path}
+        per_path[impl] = {
+            "cases": int(len(g)),
+            "ok": int(len(ran)),
+            "seconds": float(ran["value"].sum()),
+            "first_case_s": float(ran["value"].iloc[0]) if len(ran) else None,
+        }
+    result = {
+        "run_id": run.run_id,
+        "exit_code": rc,
+        "wall_s": round(wall, 2),
+        "target_s": TARGET_S,
+        "gpu": run.manifest["fingerprint"]["gpu"].get("names"),
+        "per_path": per_path,
+    }
     print(json.dumps(result, indent=2))
-    print(f"wall time {wall:.1f} s (target {TARGET_S:.0f} s on one GPU): {'met' if wall <= TARGET_S else 'MISSED'}",
-          file=sys.stderr)
+    print(
+        f"wall time {wall:.1f} s (target {TARGET_S:.0f} s on one GPU): {'met' if wall <= TARGET_S else 'MISSED'}",
+        file=sys.stderr,
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

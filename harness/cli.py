@@ -69,8 +69,10 @@ def cmd_runs(args) -> int:
     for r in runs:
         fp = r.manifest.get("fingerprint", {})
         gpu = (fp.get("gpu") or {}).get("names") or ["cpu"]
-        print(f"{r.run_id}  {r.manifest.get('started_at', '?')}  {r.status:<11}  "
-              f"sglang {(fp.get('sglang_commit') or '?')[:10]:<10}  {gpu[0]}  {r.manifest.get('profile', {}).get('name', '?')}")
+        commit = (fp.get("sglang_commit") or "?")[:10]
+        profile = r.manifest.get("profile", {}).get("name", "?")
+        started = r.manifest.get("started_at", "?")
+        print(f"{r.run_id}  {started}  {r.status:<11}  sglang {commit:<10}  {gpu[0]}  {profile}")
     return EXIT_OK
 
 
@@ -115,10 +117,16 @@ def _execute(args, profile, selections, has_gpu: bool) -> int:
 
     fp = fingerprint()
     try:
-        writer = RunWriter.create(args.store, {
-            "profile": profile.manifest(), "fingerprint": fp, "argv": redact(sys.argv),
-            "suites": ["kernels"], "server": None,
-        })
+        writer = RunWriter.create(
+            args.store,
+            {
+                "profile": profile.manifest(),
+                "fingerprint": fp,
+                "argv": redact(sys.argv),
+                "suites": ["kernels"],
+                "server": None,
+            },
+        )
     except (StoreError, OSError) as exc:
         _err(str(exc))
         return EXIT_INFRA
@@ -126,11 +134,19 @@ def _execute(args, profile, selections, has_gpu: bool) -> int:
     progress = Progress(total)
     capability = tuple(torch.cuda.get_device_capability(0)) if has_gpu else None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    slots = ([d.strip() for d in visible.split(",") if d.strip()] if visible else
-             [str(i) for i in range(torch.cuda.device_count())]) if has_gpu else [None]
+    slots = (
+        (
+            [d.strip() for d in visible.split(",") if d.strip()]
+            if visible
+            else [str(i) for i in range(torch.cuda.device_count())]
+        )
+        if has_gpu
+        else [None]
+    )
     k = profile.kernels
-    settings = Settings(capability=capability, slots=slots, timeout_s=k.timeout_s, seed=k.seed,
-                        on_result=progress.result)
+    settings = Settings(
+        capability=capability, slots=slots, timeout_s=k.timeout_s, seed=k.seed, on_result=progress.result
+    )
     where = f"{len(slots)} x {torch.cuda.get_device_name(0)}" if has_gpu else "CPU, Triton interpreter"
     progress.say(f"run {writer.run_id}: {profile.name} ({total} path x case) on {where} -> {writer.dir}")
 
@@ -158,8 +174,16 @@ def _execute(args, profile, selections, has_gpu: bool) -> int:
         progress.say(f"\n{len(over)} measurement(s) over a ceiling, {len(broken)} path x case failed")
     progress.say(f"page: {page}")
     if args.json:
-        print(json.dumps({"run": run.manifest, "exit_code": code, "measurements": json.loads(
-            run.measurements.to_json(orient="records"))}, default=str))
+        print(
+            json.dumps(
+                {
+                    "run": run.manifest,
+                    "exit_code": code,
+                    "measurements": json.loads(run.measurements.to_json(orient="records")),
+                },
+                default=str,
+            )
+        )
     else:
         print(writer.run_id)
     return code

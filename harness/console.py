@@ -37,8 +37,9 @@ class Progress:
         err = result.detail.get("error")
         extra += f"  ({err.splitlines()[0][:120]})" if err and result.status != "ok" else ""
         width = len(str(self.total))
-        self.say(f"[{self.done:>{width}}/{self.total}] {op}/{case}  {path}  {result.status}  "
-                 f"{fmt(result.seconds)} s{extra}")
+        self.say(
+            f"[{self.done:>{width}}/{self.total}] {op}/{case}  {path}  {result.status}  {fmt(result.seconds)} s{extra}"
+        )
 
 
 def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
@@ -53,7 +54,7 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
     for _, o in outcome.iterrows():
         sub = df[(df["case"] == o["case"]) & (df["impl"] == o["impl"])]
 
-        def cell(metric: str, ref: str) -> str:
+        def cell(metric: str, ref: str, sub=sub, o=o) -> str:
             hit = sub[(sub["metric"] == metric) & (sub["reference"] == ref)]
             if hit.empty:
                 return ""
@@ -61,8 +62,17 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
             return fmt(float(hit["value"].iloc[0])) + flag
 
         status = o["status"] if len(o["status"]) <= 40 else o["status"][:37] + "..."
-        lines.append([o["case"], o["impl"], status, cell("calc_diff", ORACLE), cell("worst_row_calc_diff", ORACLE),
-                      cell("max_abs", ORACLE)] + [cell("rmse_ratio", g) for g in goldens])
+        lines.append(
+            [
+                o["case"],
+                o["impl"],
+                status,
+                cell("calc_diff", ORACLE),
+                cell("worst_row_calc_diff", ORACLE),
+                cell("max_abs", ORACLE),
+            ]
+            + [cell("rmse_ratio", g) for g in goldens]
+        )
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
     return text + ("\n(! = over its ceiling)" if over else "")

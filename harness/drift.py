@@ -75,7 +75,9 @@ def rmse(x: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor | None = None) 
     return float(((xs - rs) ** 2).mean().sqrt()) if rs.numel() else 0.0
 
 
-def worst_row_calc_diff(x: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[float, list[int] | None]:
+def worst_row_calc_diff(
+    x: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor | None = None
+) -> tuple[float, list[int] | None]:
     """calc_diff of each row (the last dimension: an attention head's output, a GEMM row) and the
     worst of them with its index. A fault confined to one token, one scale or one index barely moves
     the global calc_diff but stands out in the rows it touches."""
@@ -117,7 +119,9 @@ def max_rel(x: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor | None = Non
     return _argmax_where(err, sel)
 
 
-def frac_outside(x: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float, valid: torch.Tensor | None = None) -> float:
+def frac_outside(
+    x: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float, valid: torch.Tensor | None = None
+) -> float:
     """Fraction of valid, reference-finite positions with |x - ref| > atol + rtol |ref| (torch.isclose's rule)."""
     x, ref, mask = _prepare(x, ref, valid)
     sel = mask & ref.isfinite()
@@ -128,7 +132,9 @@ def frac_outside(x: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float, v
     return int((bad & sel).sum()) / n
 
 
-def drift(x: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float, valid: torch.Tensor | None = None) -> list[Metric]:
+def drift(
+    x: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float, valid: torch.Tensor | None = None
+) -> list[Metric]:
     """The full set for an op's primary output."""
     ma, ma_at = max_abs(x, ref, valid)
     mr, mr_at = max_rel(x, ref, valid, floor=atol)

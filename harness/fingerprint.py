@@ -99,8 +99,12 @@ def _gpus() -> dict[str, Any]:
     driver = None
     if shutil.which("nvidia-smi"):
         try:
-            r = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                               capture_output=True, text=True, timeout=20)
+            r = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             driver = r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else None
         except (OSError, subprocess.TimeoutExpired):
             pass

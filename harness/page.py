@@ -4,7 +4,6 @@ branch names and error texts are untrusted)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import jinja2
@@ -17,8 +16,11 @@ from harness.store import Run, atomic_write
 
 
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(content_dir("reports"))),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(content_dir("reports"))),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters["fmt"] = fmt
     return env
 
@@ -30,14 +32,27 @@ def _table(df: pd.DataFrame, over: set) -> list[dict]:
         sub = df[(df["case"] == o["case"]) & (df["impl"] == o["impl"]) & (df["metric"] != "outcome")]
         detail = json.loads(o["detail"] or "{}")
         metrics = [
-            {"metric": m["metric"], "reference": m["reference"], "value": m["value"],
-             "over": (o["case"], o["impl"], m["reference"] or "", m["metric"]) in over}
+            {
+                "metric": m["metric"],
+                "reference": m["reference"],
+                "value": m["value"],
+                "over": (o["case"], o["impl"], m["reference"] or "", m["metric"]) in over,
+            }
             for _, m in sub.iterrows()
         ]
-        out.append({"case": o["case"], "impl": o["impl"], "status": o["status"], "seconds": o["value"],
-                    "golden": detail.get("golden", False), "error": detail.get("error"),
-                    "log_tail": detail.get("log_tail"), "metrics": metrics,
-                    "headline": {m["metric"]: m["value"] for m in metrics if m["reference"] == ORACLE}})
+        out.append(
+            {
+                "case": o["case"],
+                "impl": o["impl"],
+                "status": o["status"],
+                "seconds": o["value"],
+                "golden": detail.get("golden", False),
+                "error": detail.get("error"),
+                "log_tail": detail.get("log_tail"),
+                "metrics": metrics,
+                "headline": {m["metric"]: m["value"] for m in metrics if m["reference"] == ORACLE},
+            }
+        )
     return out
 
 
@@ -49,8 +64,15 @@ def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
     for r in rows:
         key = r["status"].split("(")[0]
         counts[key] = counts.get(key, 0) + 1
-    html = _env().get_template("run.html.j2").render(
-        run=run.manifest, rows=rows, counts=counts, breaches=breaches.to_dict("records"),
+    html = (
+        _env()
+        .get_template("run.html.j2")
+        .render(
+            run=run.manifest,
+            rows=rows,
+            counts=counts,
+            breaches=breaches.to_dict("records"),
+        )
     )
     atomic_write(out, html.encode())
     return out

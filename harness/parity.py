@@ -78,8 +78,16 @@ class _OpRun:
                 f.result()
 
     def _row(self, case: Case, impl: str, metric: str, value: float, **kw) -> dict:
-        return row(self.writer.run_id, SUITE, f"{self.op.name}/{case.name}", case.version(self.op.name), impl,
-                   metric, value, **kw)
+        return row(
+            self.writer.run_id,
+            SUITE,
+            f"{self.op.name}/{case.name}",
+            case.version(self.op.name),
+            impl,
+            metric,
+            value,
+            **kw,
+        )
 
     def _run_path(self, name: str, slot: str | None) -> None:
         path = self.op.paths[name]
@@ -93,8 +101,14 @@ class _OpRun:
             env["TRITON_INTERPRET"] = "1"
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
-        job = Job(op_file=str(self.op.file), path=name, cases=[c.name for c in self.sel.cases], seed=self.s.seed,
-                  device="cpu" if self.s.capability is None else "cuda", outdir=str(self.outdir))
+        job = Job(
+            op_file=str(self.op.file),
+            path=name,
+            cases=[c.name for c in self.sel.cases],
+            seed=self.s.seed,
+            device="cpu" if self.s.capability is None else "cuda",
+            outdir=str(self.outdir),
+        )
         log = self.writer.artifacts / "workers" / f"{self.op.name}.{name}.log"
         cases = {c.name: c for c in self.sel.cases}
         for result in run_path(job, timeout_s=self.s.timeout_s, log=log, env=env):
@@ -148,8 +162,10 @@ class _OpRun:
             result.status = "failed"
             result.detail["error"] = f"output does not match the oracle's: {exc}"
             return []
-        rows = [self._row(case, name, m.name, m.value, reference=ORACLE, unit=m.unit, better=m.better, detail=m.detail)
-                for m in metrics]
+        rows = [
+            self._row(case, name, m.name, m.value, reference=ORACLE, unit=m.unit, better=m.better, detail=m.detail)
+            for m in metrics
+        ]
         if path.golden:
             self.golden_ok[(case.name, name)] = result.digest
             return rows
@@ -159,6 +175,14 @@ class _OpRun:
             g = load_file(str(output_file(self.outdir, case.name, golden)))[primary]
             v = valid.get(primary)
             rows.append(self._row(case, name, "calc_diff", drift.calc_diff(outs[primary], g, v), reference=golden))
-            rows.append(self._row(case, name, "rmse_ratio", drift.rmse_ratio(outs[primary], g, ref[primary], v),
-                                  reference=golden, unit="x"))
+            rows.append(
+                self._row(
+                    case,
+                    name,
+                    "rmse_ratio",
+                    drift.rmse_ratio(outs[primary], g, ref[primary], v),
+                    reference=golden,
+                    unit="x",
+                )
+            )
         return rows

@@ -34,7 +34,16 @@ from harness.ceilings import default_ceilings
 from harness.op import ORACLE, Case
 
 # ceilings are upper limits, so only metrics where lower is better can carry one
-CEILING_METRICS = {"calc_diff", "worst_row_calc_diff", "max_abs", "max_rel", "frac_outside_tol", "nonfinite_mismatch", "rmse", "rmse_ratio"}
+CEILING_METRICS = {
+    "calc_diff",
+    "worst_row_calc_diff",
+    "max_abs",
+    "max_rel",
+    "frac_outside_tol",
+    "nonfinite_mismatch",
+    "rmse",
+    "rmse_ratio",
+}
 
 
 class ProfileError(Exception):
@@ -110,8 +119,13 @@ def load_profile(file: Path | str) -> Profile:
     kernels = None
     if "kernels" in data:
         kernels = _kernels(file, data["kernels"])
-    return Profile(file=file, name=data["name"], description=str(data.get("description", "")),
-                   sha256=hashlib.sha256(raw).hexdigest(), kernels=kernels)
+    return Profile(
+        file=file,
+        name=data["name"],
+        description=str(data.get("description", "")),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        kernels=kernels,
+    )
 
 
 def _kernels(file: Path, t: Any) -> KernelsConfig:
@@ -148,15 +162,20 @@ def _op(file: Path, name: str, t: Any) -> OpConfig:
             raise _err(file, f"{where}.ceilings", "expected a table of metric = ceiling")
         for metric, v in t["ceilings"].items():
             if metric not in CEILING_METRICS and not metric.endswith((".max_abs", ".nonfinite_mismatch")):
-                raise _err(file, f"{where}.ceilings.{metric}",
-                           f"not a metric with a ceiling (known: {', '.join(sorted(CEILING_METRICS))}, <output>.max_abs)")
+                raise _err(
+                    file,
+                    f"{where}.ceilings.{metric}",
+                    f"not a metric with a ceiling (known: {', '.join(sorted(CEILING_METRICS))}, <output>.max_abs)",
+                )
             cfg.ceilings[metric] = _number(file, f"{where}.ceilings.{metric}", v)
     if "tolerance" in t:
         tol = t["tolerance"]
         if not isinstance(tol, dict) or set(tol) != {"atol", "rtol"}:
             raise _err(file, f"{where}.tolerance", "expected { atol = ..., rtol = ... }")
-        cfg.tolerance = (_number(file, f"{where}.tolerance.atol", tol["atol"]),
-                         _number(file, f"{where}.tolerance.rtol", tol["rtol"]))
+        cfg.tolerance = (
+            _number(file, f"{where}.tolerance.atol", tol["atol"]),
+            _number(file, f"{where}.tolerance.rtol", tol["rtol"]),
+        )
     return cfg
 
 
@@ -208,10 +227,20 @@ def select(profile: Profile, ops: dict[str, Op], *, has_gpu: bool, only: list[st
         all_cases = op.cases()
         cases = [c for c in all_cases.values() if any(p in c.tags or fnmatch.fnmatchcase(c.name, p) for p in patterns)]
         if not cases:
-            raise _err(file, f"{where}.cases" if cfg.cases is not None else "[kernels].cases",
-                       f"{patterns} selects no case of {name} (tags: "
-                       f"{', '.join(sorted({t for c in all_cases.values() for t in c.tags}))})")
-        out.append(Selection(op=op, cases=cases, goldens=goldens, impls=impls,
-                             ceilings={**default_ceilings(op.dtype), **cfg.ceilings},
-                             tolerance=cfg.tolerance or op.tolerance))
+            raise _err(
+                file,
+                f"{where}.cases" if cfg.cases is not None else "[kernels].cases",
+                f"{patterns} selects no case of {name} (tags: "
+                f"{', '.join(sorted({t for c in all_cases.values() for t in c.tags}))})",
+            )
+        out.append(
+            Selection(
+                op=op,
+                cases=cases,
+                goldens=goldens,
+                impls=impls,
+                ceilings={**default_ceilings(op.dtype), **cfg.ceilings},
+                tolerance=cfg.tolerance or op.tolerance,
+            )
+        )
     return out

@@ -26,14 +26,38 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-COLUMNS = ("run_id", "suite", "case", "case_version", "impl", "reference", "metric", "value", "unit",
-           "better", "samples", "status", "detail")
-SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("suite", pa.string()), ("case", pa.string()), ("case_version", pa.string()),
-    ("impl", pa.string()), ("reference", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
-    ("unit", pa.string()), ("better", pa.string()), ("samples", pa.list_(pa.float64())),
-    ("status", pa.string()), ("detail", pa.string()),
-])
+COLUMNS = (
+    "run_id",
+    "suite",
+    "case",
+    "case_version",
+    "impl",
+    "reference",
+    "metric",
+    "value",
+    "unit",
+    "better",
+    "samples",
+    "status",
+    "detail",
+)
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("suite", pa.string()),
+        ("case", pa.string()),
+        ("case_version", pa.string()),
+        ("impl", pa.string()),
+        ("reference", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("unit", pa.string()),
+        ("better", pa.string()),
+        ("samples", pa.list_(pa.float64())),
+        ("status", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
 STATUSES = ("ok", "failed", "crashed", "timeout")  # plus "skipped(<reason>)"
 
 
@@ -71,14 +95,36 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default, sort_keys=True)
 
 
-def row(run_id: str, suite: str, case: str, case_version: str, impl: str, metric: str, value: float,
-        *, reference: str | None = None, unit: str = "", better: str = "lower",
-        samples: Iterable[float] | None = None, status: str = "ok", detail: dict | None = None) -> dict:
+def row(
+    run_id: str,
+    suite: str,
+    case: str,
+    case_version: str,
+    impl: str,
+    metric: str,
+    value: float,
+    *,
+    reference: str | None = None,
+    unit: str = "",
+    better: str = "lower",
+    samples: Iterable[float] | None = None,
+    status: str = "ok",
+    detail: dict | None = None,
+) -> dict:
     """One measurement, in the schema every suite shares."""
     return {
-        "run_id": run_id, "suite": suite, "case": case, "case_version": case_version, "impl": impl,
-        "reference": reference, "metric": metric, "value": float(value), "unit": unit, "better": better,
-        "samples": [float(s) for s in samples] if samples is not None else None, "status": status,
+        "run_id": run_id,
+        "suite": suite,
+        "case": case,
+        "case_version": case_version,
+        "impl": impl,
+        "reference": reference,
+        "metric": metric,
+        "value": float(value),
+        "unit": unit,
+        "better": better,
+        "samples": [float(s) for s in samples] if samples is not None else None,
+        "status": status,
         "detail": dumps(detail or {}),
     }
 
@@ -102,8 +148,15 @@ class RunWriter:
             (run_dir / "artifacts").mkdir(parents=True, exist_ok=False)
         except OSError as exc:
             raise StoreError(f"{run_dir}: cannot create the run folder: {exc}") from exc
-        manifest = {**manifest, "run_id": run_id, "status": "running", "started_at": now(),
-                    "ended_at": None, "pid": os.getpid(), "host": socket.gethostname()}
+        manifest = {
+            **manifest,
+            "run_id": run_id,
+            "status": "running",
+            "started_at": now(),
+            "ended_at": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
         writer = cls(run_dir, manifest)
         writer.save_manifest()
         writer._journal = open(run_dir / "measurements.jsonl", "a", encoding="utf-8")
@@ -118,7 +171,9 @@ class RunWriter:
         return self.dir / "artifacts"
 
     def save_manifest(self) -> None:
-        atomic_write(self.dir / "run.json", (json.dumps(self.manifest, indent=2, default=_json_default) + "\n").encode())
+        atomic_write(
+            self.dir / "run.json", (json.dumps(self.manifest, indent=2, default=_json_default) + "\n").encode()
+        )
 
     def add(self, rows: list[dict]) -> None:
         for r in rows:
@@ -224,7 +279,9 @@ def resolve(store: Path, ref: str) -> Run:
             raise StoreError(f"{store}: no run matches {ref!r}")
         return max(match, key=lambda r: r.manifest.get("started_at", ""))
     match = [r for r in runs if r.run_id == ref] or [
-        r for r in runs if len(ref) >= 7 and (r.manifest.get("fingerprint", {}).get("sglang_commit") or "").startswith(ref)
+        r
+        for r in runs
+        if len(ref) >= 7 and (r.manifest.get("fingerprint", {}).get("sglang_commit") or "").startswith(ref)
     ]
     if not match:
         raise StoreError(f"{store}: no run with id or SGLang commit {ref!r}")

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 ACTIVE: set[subprocess.Popen] = set()  # live workers, killed by kill_all() on an interrupt
 
 
@@ -83,7 +82,10 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str]):
         logf.flush()
         proc = subprocess.Popen(
             [sys.executable, "-m", "harness.worker", str(job_file)],
-            stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL, env=env,
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,  # its own process group: killed whole, untouched by the terminal's ^C
         )
     ACTIVE.add(proc)
@@ -106,8 +108,9 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str]):
                 ev = events.get(timeout=timeout_s)
             except queue.Empty:
                 _kill(proc)
-                yield Result(current, "timeout", detail={"error": f"no answer within {timeout_s:g} s",
-                                                         "log_tail": _tail(log)})
+                yield Result(
+                    current, "timeout", detail={"error": f"no answer within {timeout_s:g} s", "log_tail": _tail(log)}
+                )
                 return settled + 1
             if ev is None:
                 rc = proc.wait()
@@ -123,7 +126,9 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str]):
                 continue
             if ev.get("status") in ("failed",):
                 ev.setdefault("detail", {})["log_tail"] = _tail(log)
-            yield Result(ev["case"], ev["status"], ev.get("seconds", float("nan")), ev.get("digest"), ev.get("detail", {}))
+            yield Result(
+                ev["case"], ev["status"], ev.get("seconds", float("nan")), ev.get("digest"), ev.get("detail", {})
+            )
             settled += 1
             if settled < len(job.cases):
                 current = job.cases[settled]
@@ -210,8 +215,13 @@ def child(job_file: str) -> int:
             emit(event="result", case=name, status=f"skipped({exc})", seconds=time.perf_counter() - t0)
         except Exception as exc:  # a failing kernel is a measurement, not the end of the run
             traceback.print_exc()
-            emit(event="result", case=name, status="failed", seconds=time.perf_counter() - t0,
-                 detail={"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]})
+            emit(
+                event="result",
+                case=name,
+                status="failed",
+                seconds=time.perf_counter() - t0,
+                detail={"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]},
+            )
             if job.device == "cuda" and "CUDA" in str(exc):
                 # a sticky CUDA error poisons the context: let a fresh worker take the next case
                 return 0

@@ -40,8 +40,9 @@ SM120 = ((12, 0), (12, 1))
 
 
 def _case(name: str, tags: set[str], **p) -> Case:
-    base = dict(page=256, n_main=16384, extra_topk=0, extra_page=64, n_extra=16384, topk_length=True,
-                sink=True, empty_row=False)
+    base = dict(
+        page=256, n_main=16384, extra_topk=0, extra_page=64, n_extra=16384, topk_length=True, sink=True, empty_row=False
+    )
     return Case(name, {**base, **p}, frozenset(tags))
 
 
@@ -59,10 +60,12 @@ def cases() -> list[Case]:
         for b in (8, 128):
             out.append(_case(f"b{b}_h{h}_topk512", {"flash"}, B=b, H=h, topk=512))
         out.append(_case(f"b32_h{h}_swa128_c4x512_nosink", {"flash"}, B=32, H=h, topk=128, extra_topk=512, sink=False))
-        out.append(_case(f"b32_h{h}_swa128_c4x512_nolen", {"flash"}, B=32, H=h, topk=128, extra_topk=512,
-                         topk_length=False))
-        out.append(_case(f"b8_h{h}_swa128_c4x512_emptyrow", {"flash"}, B=8, H=h, topk=128, extra_topk=512,
-                         empty_row=True))
+        out.append(
+            _case(f"b32_h{h}_swa128_c4x512_nolen", {"flash"}, B=32, H=h, topk=128, extra_topk=512, topk_length=False)
+        )
+        out.append(
+            _case(f"b8_h{h}_swa128_c4x512_emptyrow", {"flash"}, B=8, H=h, topk=128, extra_topk=512, empty_row=True)
+        )
     return out
 
 
@@ -99,8 +102,10 @@ def _indices(B: int, topk: int, n: int, with_length: bool, empty_row: bool, gen:
 def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
     p = case.params
     B, H = p["B"], p["H"]
-    t = {"q": torch.randn(B, 1, H, dsv4.DIM, generator=gen).to(torch.bfloat16),
-         "k_cache": _cache(p["n_main"], p["page"], gen)}
+    t = {
+        "q": torch.randn(B, 1, H, dsv4.DIM, generator=gen).to(torch.bfloat16),
+        "k_cache": _cache(p["n_main"], p["page"], gen),
+    }
     t["indices"], length = _indices(B, p["topk"], p["n_main"], p["topk_length"], p["empty_row"], gen)
     if length is not None:
         t["topk_length"] = length
@@ -152,8 +157,9 @@ def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
     p = case.params
     kv = [(dsv4.dequantize_pages(t["k_cache"], p["page"]), t["indices"], t.get("topk_length"))]
     if "extra_k_cache" in t:
-        kv.append((dsv4.dequantize_pages(t["extra_k_cache"], p["extra_page"]), t["extra_indices"],
-                   t.get("extra_topk_length")))
+        kv.append(
+            (dsv4.dequantize_pages(t["extra_k_cache"], p["extra_page"]), t["extra_indices"], t.get("extra_topk_length"))
+        )
     keys, keep = [], []
     for exact, idx, length in kv:
         keys.append(exact[idx[:, 0].clamp(min=0).long()])  # [B, topk, 512]
@@ -180,8 +186,17 @@ def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
         kernel.configs = kernel.configs[:1]
     k, ek = _views(t, case)
     out, lse = mod.flash_mla_sparse_decode_triton(
-        t["q"], k, t["indices"], t.get("topk_length"), t.get("attn_sink"), dsv4.DIM, SM_SCALE,
-        extra_k_cache=ek, extra_indices=t.get("extra_indices"), extra_topk_length=t.get("extra_topk_length"))
+        t["q"],
+        k,
+        t["indices"],
+        t.get("topk_length"),
+        t.get("attn_sink"),
+        dsv4.DIM,
+        SM_SCALE,
+        extra_k_cache=ek,
+        extra_indices=t.get("extra_indices"),
+        extra_topk_length=t.get("extra_topk_length"),
+    )
     return {"out": out[:, 0], ("lse_with_sink" if "attn_sink" in t else "lse"): lse[..., 0]}
 
 
@@ -189,8 +204,17 @@ def sglang_torch(t: dict, case: Case) -> dict[str, torch.Tensor]:
     mod = import_module("sglang.kernels.ops.attention.flash_mla_sm120")
     k, ek = _views(t, case)
     out, lse = mod._sm120_sparse_decode_fwd(
-        t["q"], k, t["indices"], t.get("topk_length"), t.get("attn_sink"), dsv4.DIM, SM_SCALE,
-        extra_k_cache=ek, extra_indices=t.get("extra_indices"), extra_topk_length=t.get("extra_topk_length"))
+        t["q"],
+        k,
+        t["indices"],
+        t.get("topk_length"),
+        t.get("attn_sink"),
+        dsv4.DIM,
+        SM_SCALE,
+        extra_k_cache=ek,
+        extra_indices=t.get("extra_indices"),
+        extra_topk_length=t.get("extra_topk_length"),
+    )
     return {"out": out[:, 0], "lse": lse[..., 0]}
 
 
@@ -200,9 +224,17 @@ def flashinfer_sm120(t: dict, case: Case) -> dict[str, torch.Tensor]:
     mod._sm120_default_backend = "flashinfer"  # read once at import; pin it whatever the env said
     k, ek = _views(t, case)
     out, _ = mod.flash_mla_with_kvcache_sm120(
-        q=t["q"], k_cache=k, indices=t["indices"], topk_length=t.get("topk_length"), attn_sink=t.get("attn_sink"),
-        head_dim_v=dsv4.DIM, softmax_scale=SM_SCALE, extra_k_cache=ek,
-        extra_indices_in_kvcache=t.get("extra_indices"), extra_topk_length=t.get("extra_topk_length"))
+        q=t["q"],
+        k_cache=k,
+        indices=t["indices"],
+        topk_length=t.get("topk_length"),
+        attn_sink=t.get("attn_sink"),
+        head_dim_v=dsv4.DIM,
+        softmax_scale=SM_SCALE,
+        extra_k_cache=ek,
+        extra_indices_in_kvcache=t.get("extra_indices"),
+        extra_topk_length=t.get("extra_topk_length"),
+    )
     return {"out": out.reshape(t["q"].shape[0], t["q"].shape[2], -1)}
 
 
@@ -217,8 +249,10 @@ def flashinfer_fa2(t: dict, case: Case) -> dict[str, torch.Tensor]:
     p, dev = case.params, t["q"].device
     B, H = p["B"], p["H"]
     parts, keeps, offset = [], [], 0
-    for cache, page, idx, length in (("k_cache", "page", "indices", "topk_length"),
-                                     ("extra_k_cache", "extra_page", "extra_indices", "extra_topk_length")):
+    for cache, page, idx, length in (
+        ("k_cache", "page", "indices", "topk_length"),
+        ("extra_k_cache", "extra_page", "extra_indices", "extra_topk_length"),
+    ):
         if cache not in t:
             continue
         exact = dsv4.dequantize_pages(t[cache], p[page])
@@ -234,11 +268,29 @@ def flashinfer_fa2(t: dict, case: Case) -> dict[str, torch.Tensor]:
     lens_t = torch.tensor(lens, dtype=torch.int32, device=dev)
     kv_indptr = torch.cat([torch.zeros(1, dtype=torch.int32, device=dev), lens_t.cumsum(0).int()])
     wrapper = flashinfer.mla.BatchMLAPagedAttentionWrapper(
-        torch.empty(256 << 20, dtype=torch.int8, device=dev), backend="fa2")
-    wrapper.plan(torch.arange(B + 1, dtype=torch.int32, device=dev), kv_indptr, torch.cat(rows).int(), lens_t,
-                 H, dsv4.DIM, dsv4.ROPE, 1, False, SM_SCALE, torch.bfloat16, torch.bfloat16)
-    o, lse2 = wrapper.run(t["q"][:, 0].contiguous(), torch.zeros(B, H, dsv4.ROPE, dtype=torch.bfloat16, device=dev),
-                          ckv, torch.zeros(offset, 1, dsv4.ROPE, dtype=torch.bfloat16, device=dev), return_lse=True)
+        torch.empty(256 << 20, dtype=torch.int8, device=dev), backend="fa2"
+    )
+    wrapper.plan(
+        torch.arange(B + 1, dtype=torch.int32, device=dev),
+        kv_indptr,
+        torch.cat(rows).int(),
+        lens_t,
+        H,
+        dsv4.DIM,
+        dsv4.ROPE,
+        1,
+        False,
+        SM_SCALE,
+        torch.bfloat16,
+        torch.bfloat16,
+    )
+    o, lse2 = wrapper.run(
+        t["q"][:, 0].contiguous(),
+        torch.zeros(B, H, dsv4.ROPE, dtype=torch.bfloat16, device=dev),
+        ckv,
+        torch.zeros(offset, 1, dsv4.ROPE, dtype=torch.bfloat16, device=dev),
+        return_lse=True,
+    )
     lse = lse2.float() * math.log(2.0)
     out = o.float()
     if "attn_sink" in t:
@@ -265,19 +317,42 @@ def flashmla_legacy(t: dict, case: Case) -> dict[str, torch.Tensor]:
     k, ek = _views(t, case)
     meta, _ = flash_mla.get_mla_metadata()
     out, lse = flash_mla.flash_mla_with_kvcache(
-        q, k, None, None, dsv4.DIM, meta, softmax_scale=SM_SCALE, is_fp8_kvcache=True, indices=t["indices"],
-        attn_sink=sink, extra_k_cache=ek, extra_indices_in_kvcache=t.get("extra_indices"),
-        topk_length=t.get("topk_length"), extra_topk_length=t.get("extra_topk_length"), use_legacy=True)
+        q,
+        k,
+        None,
+        None,
+        dsv4.DIM,
+        meta,
+        softmax_scale=SM_SCALE,
+        is_fp8_kvcache=True,
+        indices=t["indices"],
+        attn_sink=sink,
+        extra_k_cache=ek,
+        extra_indices_in_kvcache=t.get("extra_indices"),
+        topk_length=t.get("topk_length"),
+        extra_topk_length=t.get("extra_topk_length"),
+        use_legacy=True,
+    )
     return {"out": out[:, 0, :H], "lse": lse[:, :H, 0]}
 
 
 PATHS = [
     Path(ORACLE, oracle, golden=True, note="float64 over the exact dequantization"),
     Path("flashinfer.fa2", flashinfer_fa2, golden=True, needs_cuda=True),
-    Path("flashmla.legacy", flashmla_legacy, golden=True, archs=((9, 0),),
-         note="sgl-flash-mla's legacy sm90 V4 kernel; no SM120 build exists"),
+    Path(
+        "flashmla.legacy",
+        flashmla_legacy,
+        golden=True,
+        archs=((9, 0),),
+        note="sgl-flash-mla's legacy sm90 V4 kernel; no SM120 build exists",
+    ),
     Path("sglang.triton", sglang_triton, note="flash_mla_sparse_decode_triton, loaded by file path"),
     Path("sglang.torch", sglang_torch, note="_sm120_sparse_decode_fwd"),
-    Path("flashinfer.sm120", flashinfer_sm120, archs=SM120, env={"SGLANG_SM120_FLASHMLA_BACKEND": "flashinfer"},
-         note="the SM120 default: FlashInfer's SM120 sparse MLA via flash_mla_with_kvcache_sm120"),
+    Path(
+        "flashinfer.sm120",
+        flashinfer_sm120,
+        archs=SM120,
+        env={"SGLANG_SM120_FLASHMLA_BACKEND": "flashinfer"},
+        note="the SM120 default: FlashInfer's SM120 sparse MLA via flash_mla_with_kvcache_sm120",
+    ),
 ]

@@ -31,8 +31,14 @@ def needs_sglang():
 def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: float = 600):
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def write_profile(path: Path, body: str) -> Path:

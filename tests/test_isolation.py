@@ -22,8 +22,20 @@ impls = ["good", "segfault", "hang", "raises", "unavailable", "off_by_one_row", 
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("iso")
     prof = write_profile(tmp / "p.toml", PROFILE)
-    r = run_cli(["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS),
-                 "--only", "toy_scale", "--json"])
+    r = run_cli(
+        [
+            "run",
+            "--suite",
+            str(prof),
+            "--store",
+            str(tmp / "runs"),
+            "--kernels-dir",
+            str(OPS),
+            "--only",
+            "toy_scale",
+            "--json",
+        ]
+    )
     return r, load_run(next((tmp / "runs").iterdir()))
 
 

@@ -20,8 +20,9 @@ def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted")
     prof = write_profile(tmp / "p.toml", PROFILE)
-    r = run_cli(["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS),
-                 "--only", "planted_mla"])
+    r = run_cli(
+        ["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS), "--only", "planted_mla"]
+    )
     run = load_run(next((tmp / "runs").iterdir()))
     m = run.measurements
     over = set(breaches(m, {"planted_mla": default_ceilings("bf16")})["impl"])

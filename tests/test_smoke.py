@@ -1,0 +1,64 @@
+"""`sm120-harness run` with no arguments, as a new user runs it: the smoke profile on this CPU, SGLang's
+real Triton MLA kernel under the interpreter against the fp64 oracle, a run in ./runs and its page."""
+
+import json
+
+import pytest
+
+from harness.store import list_runs
+from tests.conftest import needs_sglang, run_cli
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    needs_sglang()
+    cwd = tmp_path_factory.mktemp("user")
+    r = run_cli(["run"], cwd=cwd)
+    return r, cwd
+
+
+def test_exit_0_and_the_run_id_last(smoke):
+    r, cwd = smoke
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = list_runs(cwd / "runs")
+    assert r.stdout.strip().splitlines()[-1] == run.run_id
+    assert run.status == "complete"
+    assert run.manifest["profile"]["name"] == "smoke"
+    assert run.manifest["fingerprint"]["packages"]["sglang"]
+
+
+def test_real_sglang_kernels_measured_against_the_oracle(smoke):
+    _, cwd = smoke
+    (run,) = list_runs(cwd / "runs")
+    m = run.measurements
+    calc = m[(m["metric"] == "calc_diff") & (m["reference"] == "fp64")]
+    for impl in ("sglang.triton", "sglang.torch"):
+        values = calc[calc["impl"] == impl]["value"]
+        assert len(values) == 3 and (values > 0).all() and (values < 1e-5).all(), (impl, list(values))
+    lse = m[m["metric"].isin(["lse.max_abs", "lse_with_sink.max_abs"]) & (m["impl"] == "sglang.triton")]
+    assert len(lse) == 3 and (lse["value"] < 1e-4).all()
+
+
+def test_gpu_paths_skipped_with_their_reason(smoke):
+    _, cwd = smoke
+    (run,) = list_runs(cwd / "runs")
+    o = run.measurements[run.measurements["metric"] == "outcome"]
+    status = dict(zip(o["impl"], o["status"]))
+    assert status["flashinfer.sm120"] == "skipped(needs a CUDA GPU: sm_120, sm_121)"
+    assert status["flashmla.legacy"] == "skipped(needs a CUDA GPU: sm_90)"
+    assert status["flashinfer.fa2"] == "skipped(needs a CUDA GPU)"
+    assert all(json.loads(d)["digest"] for d in o[o["status"] == "ok"]["detail"])
+
+
+def test_html_page(smoke):
+    _, cwd = smoke
+    (run,) = list_runs(cwd / "runs")
+    page = (run.dir / "artifacts" / "report.html").read_text()
+    assert run.run_id in page and "sglang.triton" in page and "tiny_b3_h4_swa64_c4x64" in page
+    assert "Triton under its interpreter" in page
+
+
+def test_runs_lists_it(smoke):
+    _, cwd = smoke
+    r = run_cli(["runs"], cwd=cwd)
+    assert r.returncode == 0 and "complete" in r.stdout and "smoke" in r.stdout
