@@ -1,0 +1,54 @@
+"""On a GPU: the smoke profile at DeepSeek-V4-Flash shapes, with every golden that runs there.
+Deselected by default; run with `pytest -m gpu` (or `tox -e gpu`)."""
+
+import pytest
+
+from harness.store import list_runs
+from tests.conftest import needs_sglang, run_cli
+
+pytestmark = pytest.mark.gpu
+SM120 = {(12, 0), (12, 1)}
+
+
+@pytest.fixture(scope="module")
+def gpu_run(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    needs_sglang()
+    store = tmp_path_factory.mktemp("gpu") / "runs"
+    r = run_cli(["run", "--store", str(store), "--only", "mla_sparse_decode"], timeout=1800)
+    (run,) = list_runs(store)
+    return r, run, tuple(torch.cuda.get_device_capability(0))
+
+
+def _outcome(run, impl):
+    o = run.measurements
+    o = o[(o["metric"] == "outcome") & (o["impl"] == impl)]
+    return list(o["status"])
+
+
+def test_flash_shapes_every_golden_that_runs_here(gpu_run):
+    r, run, cap = gpu_run
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert run.measurements["case"].str.contains("_h64_").any()
+    assert set(_outcome(run, "fp64")) == {"ok"}
+    assert set(_outcome(run, "flashinfer.fa2")) == {"ok"}
+    if cap == (9, 0):
+        assert set(_outcome(run, "flashmla.legacy")) == {"ok"}
+    if cap in SM120:
+        assert set(_outcome(run, "flashinfer.sm120")) == {"ok"}
+    else:
+        assert all(s.startswith("skipped(runs on sm_120") for s in _outcome(run, "flashinfer.sm120"))
+
+
+def test_fallbacks_within_ceilings_against_oracle_and_goldens(gpu_run):
+    _, run, cap = gpu_run
+    m = run.measurements
+    for impl in ("sglang.triton", "sglang.torch"):
+        assert set(_outcome(run, impl)) == {"ok"}
+        calc = m[(m["impl"] == impl) & (m["metric"] == "calc_diff") & (m["reference"] == "fp64")]
+        assert len(calc) == 18 and (calc["value"] < 1e-5).all()
+        ratio = m[(m["impl"] == impl) & (m["metric"] == "rmse_ratio")]
+        goldens = {"flashinfer.fa2"} | ({"flashmla.legacy"} if cap == (9, 0) else set())
+        assert set(ratio["reference"]) == goldens and (ratio["value"] < 4).all()
