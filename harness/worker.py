@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+STARTUP_S = 300.0  # importing torch, triton, SGLang and creating a CUDA context, before any case
 ACTIVE: set[subprocess.Popen] = set()  # live workers, killed by kill_all() on an interrupt
 
 
@@ -102,15 +103,16 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str]):
     threading.Thread(target=reader, daemon=True).start()
     settled = 0
     current = job.cases[0]
+    started = False  # imports and CUDA initialisation get their own, longer allowance
     try:
         while settled < len(job.cases):
+            wait = timeout_s if started else max(timeout_s, STARTUP_S)
             try:
-                ev = events.get(timeout=timeout_s)
+                ev = events.get(timeout=wait)
             except queue.Empty:
                 _kill(proc)
-                yield Result(
-                    current, "timeout", detail={"error": f"no answer within {timeout_s:g} s", "log_tail": _tail(log)}
-                )
+                what = f"no answer within {wait:g} s" if started else f"the worker did not start within {wait:g} s"
+                yield Result(current, "timeout", detail={"error": what, "log_tail": _tail(log)})
                 return settled + 1
             if ev is None:
                 rc = proc.wait()
@@ -119,6 +121,9 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str]):
                 why = f"killed by signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"exited with code {rc}"
                 yield Result(current, "crashed", detail={"error": f"worker {why}", "log_tail": _tail(log)})
                 return settled + 1
+            if ev.get("event") == "ready":
+                started = True
+                continue
             if ev.get("event") == "start":
                 current = ev["case"]
                 continue
@@ -195,6 +200,9 @@ def child(job_file: str) -> int:
     op = load_op_file(Path(job.op_file))
     path = op.paths[job.path]
     cases = op.cases()
+    if job.device == "cuda":
+        torch.empty(1, device="cuda")  # create the context now: its seconds are not a case's
+    emit(event="ready")
     for name in job.cases:
         emit(event="start", case=name)
         t0 = time.perf_counter()
