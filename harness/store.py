@@ -11,7 +11,6 @@ Every file is replaced atomically (written under a temporary name, then renamed)
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import socket
@@ -288,7 +287,3 @@ def resolve(store: Path, ref: str) -> Run:
     if len(match) > 1:
         return max(match, key=lambda r: r.manifest.get("started_at", ""))
     return match[0]
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

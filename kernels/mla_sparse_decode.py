@@ -178,44 +178,39 @@ def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
     return {"out": out, "lse": lse, "lse_with_sink": lse_with_sink}
 
 
+def _fallback(fn, t: dict, case: Case):
+    """SGLang's two fallbacks share one signature: (q, k_cache, indices, topk_length, attn_sink,
+    head_dim_v, softmax_scale, extra_k_cache, extra_indices, extra_topk_length) -> (out, lse)."""
+    k, ek = _views(t, case)
+    out, lse = fn(
+        t["q"],
+        k,
+        t["indices"],
+        t.get("topk_length"),
+        t.get("attn_sink"),
+        dsv4.DIM,
+        SM_SCALE,
+        extra_k_cache=ek,
+        extra_indices=t.get("extra_indices"),
+        extra_topk_length=t.get("extra_topk_length"),
+    )
+    return out[:, 0], lse[..., 0]
+
+
 def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
     mod = load_by_path("kernels/ops/attention/flash_mla_sm120_triton.py")
     if os.environ.get("TRITON_INTERPRET") == "1":
         # the autotuner benchmarks its configs, which the interpreter cannot: keep the first
         kernel = mod._tiled_sparse_decode_kernel
         kernel.configs = kernel.configs[:1]
-    k, ek = _views(t, case)
-    out, lse = mod.flash_mla_sparse_decode_triton(
-        t["q"],
-        k,
-        t["indices"],
-        t.get("topk_length"),
-        t.get("attn_sink"),
-        dsv4.DIM,
-        SM_SCALE,
-        extra_k_cache=ek,
-        extra_indices=t.get("extra_indices"),
-        extra_topk_length=t.get("extra_topk_length"),
-    )
-    return {"out": out[:, 0], ("lse_with_sink" if "attn_sink" in t else "lse"): lse[..., 0]}
+    out, lse = _fallback(mod.flash_mla_sparse_decode_triton, t, case)
+    return {"out": out, ("lse_with_sink" if "attn_sink" in t else "lse"): lse}  # its LSE includes the sink
 
 
 def sglang_torch(t: dict, case: Case) -> dict[str, torch.Tensor]:
     mod = import_module("sglang.kernels.ops.attention.flash_mla_sm120")
-    k, ek = _views(t, case)
-    out, lse = mod._sm120_sparse_decode_fwd(
-        t["q"],
-        k,
-        t["indices"],
-        t.get("topk_length"),
-        t.get("attn_sink"),
-        dsv4.DIM,
-        SM_SCALE,
-        extra_k_cache=ek,
-        extra_indices=t.get("extra_indices"),
-        extra_topk_length=t.get("extra_topk_length"),
-    )
-    return {"out": out[:, 0], "lse": lse[..., 0]}
+    out, lse = _fallback(mod._sm120_sparse_decode_fwd, t, case)
+    return {"out": out, "lse": lse}
 
 
 def flashinfer_sm120(t: dict, case: Case) -> dict[str, torch.Tensor]:
