@@ -50,14 +50,24 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git_head(folder: Path) -> str | None:
+def _git(folder: Path, *args: str) -> str | None:
     if not shutil.which("git"):
         return None
     try:
-        r = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        r = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def _git_head(folder: Path, *, top: tuple[Path, ...] | None = None) -> str | None:
+    """HEAD of the checkout holding `folder`; with `top`, only if that checkout's root is one of
+    them (a site-packages inside some other repository's virtualenv is not an SGLang checkout)."""
+    if top is not None:
+        root = _git(folder, "rev-parse", "--show-toplevel")
+        if root is None or Path(root).resolve() not in {t.resolve() for t in top}:
+            return None
+    return _git(folder, "rev-parse", "HEAD")
 
 
 def sglang_commit() -> tuple[str | None, str | None]:
@@ -73,7 +83,7 @@ def sglang_commit() -> tuple[str | None, str | None]:
     except Unavailable:
         root = None
     if root is not None:
-        head = _git_head(root)
+        head = _git_head(root, top=(root, root.parent))  # sglang/ at the top, or under python/
         if head:
             return head, f"git checkout at {root}"
     generated = _sglang_generated("__commit_id__")
