@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kernels-dir", type=Path, help="folder of op files (default: kernels/)")
     run.add_argument("--only", help="comma-separated op names")
     run.add_argument("--json", action="store_true", help="print the run's manifest and measurements on stdout")
+    audit = sub.add_parser("audit", help="compile every Triton kernel the SM120 paths launch for sm_120a and check it")
+    for a in run._actions[1:]:  # the same options as `run`
+        audit._add_action(a)
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", type=Path, default=Path("runs"))
     runs.add_argument("--json", action="store_true")
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = _parser().parse_args(["run", *(argv or [])])
     try:
-        if args.command == "run":
+        if args.command in ("run", "audit"):
             return cmd_run(args)
         return cmd_runs(args)
     except BrokenPipeError:
@@ -101,14 +104,15 @@ def cmd_run(args) -> int:
     if not selections:
         _err(f"{profile.file}: the profile selects nothing to run (no [kernels] section)")
         return EXIT_USAGE
-    return _execute(args, profile, selections, has_gpu)
+    return _execute(args, profile, selections, has_gpu, "audit" if args.command == "audit" else "kernels")
 
 
-def _execute(args, profile, selections, has_gpu: bool) -> int:
+def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     import torch
 
+    from harness import audit
     from harness.ceilings import breaches
-    from harness.console import Progress, summary
+    from harness.console import Progress, audit_summary, summary
     from harness.fingerprint import fingerprint, redact
     from harness.page import render_run
     from harness.parity import Settings, run_kernels
@@ -123,7 +127,7 @@ def _execute(args, profile, selections, has_gpu: bool) -> int:
                 "profile": profile.manifest(),
                 "fingerprint": fp,
                 "argv": redact(sys.argv),
-                "suites": ["kernels"],
+                "suites": [suite],
                 "server": None,
             },
         )
@@ -148,12 +152,16 @@ def _execute(args, profile, selections, has_gpu: bool) -> int:
         capability=capability, slots=slots, timeout_s=k.timeout_s, seed=k.seed, on_result=progress.result
     )
     where = f"{len(slots)} x {torch.cuda.get_device_name(0)}" if has_gpu else "CPU, Triton interpreter"
-    progress.say(f"run {writer.run_id}: {profile.name} ({total} path x case) on {where} -> {writer.dir}")
+    what = f"{total} path x case" if suite == "kernels" else "SM120 audit"
+    progress.say(f"run {writer.run_id}: {profile.name} ({what}) on {where} -> {writer.dir}")
 
     status, code = "complete", EXIT_OK
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        run_kernels(selections, writer, settings)
+        if suite == "audit":
+            audit.run_audit(selections, writer, settings)
+        else:
+            run_kernels(selections, writer, settings)
     except (KeyboardInterrupt, _Terminated):
         settings.cancelled.set()
         kill_all()
@@ -164,11 +172,14 @@ def _execute(args, profile, selections, has_gpu: bool) -> int:
         writer.finish(status)
 
     run = load_run(writer.dir)
-    over = breaches(run.measurements, {s.op.name: s.ceilings for s in selections})
+    extra = audit.CEILINGS if suite == "audit" else {}
+    over = breaches(run.measurements, {s.op.name: {**extra, **s.ceilings} for s in selections})
     page = render_run(run, over, writer.artifacts / "report.html")
-    progress.say("\n" + summary(run.measurements, over))
-    outcome = run.measurements[run.measurements["metric"] == "outcome"]
-    broken = outcome[outcome["status"].isin(["failed", "crashed", "timeout"])]
+    progress.say("\n" + (audit_summary if suite == "audit" else summary)(run.measurements, over))
+    m = run.measurements
+    broken = m[
+        m["status"].isin(["failed", "crashed", "timeout"]) & ((m["metric"] == "outcome") | (m["suite"] == "audit"))
+    ]
     if code == EXIT_OK and (len(over) or len(broken)):
         code = EXIT_GATE
         progress.say(f"\n{len(over)} measurement(s) over a ceiling, {len(broken)} path x case failed")

@@ -76,3 +76,40 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
     return text + ("\n(! = over its ceiling)" if over else "")
+
+
+def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
+    """One line per (kernel variant, path): shared memory, registers, spills, forbidden instructions."""
+    df = df[df["suite"] == "audit"]
+    if df.empty:
+        return "no kernels audited"
+    over = set(zip(breaches["case"], breaches["impl"], breaches["metric"]))
+    lines = [["kernel / config", "path", "status", "shared B", "regs", "spill B", "forbidden"]]
+    for (case, impl), g in df.groupby(["case", "impl"], sort=False):
+        vals = dict(zip(g["metric"], g["value"]))
+        status = next(iter(g["status"]))
+
+        def cell(metric: str, case=case, impl=impl, vals=vals) -> str:
+            v = vals.get(metric)
+            if v is None or math.isnan(v):
+                return ""
+            return str(int(v)) + ("!" if (case, impl, metric) in over else "")
+
+        status = status if len(status) <= 40 else status[:37] + "..."
+        if "kernels" in vals:
+            lines.append([case, impl, status, f"{fmt(vals['kernels'])} kernel variant(s)", "", "", ""])
+            continue
+        lines.append(
+            [
+                case,
+                impl,
+                status,
+                cell("shared_bytes"),
+                cell("registers"),
+                cell("spill_bytes"),
+                cell("forbidden_instructions"),
+            ]
+        )
+    widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
+    return text + ("\n(! = over its ceiling)" if over else "")

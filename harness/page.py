@@ -56,12 +56,31 @@ def _table(df: pd.DataFrame, over: set) -> list[dict]:
     return out
 
 
+def _audit_table(df: pd.DataFrame, over: set) -> list[dict]:
+    """A row per (kernel variant, path) of the SM120 audit."""
+    out = []
+    for (case, impl), g in df[df["suite"] == "audit"].groupby(["case", "impl"], sort=False):
+        detail = json.loads(g["detail"].iloc[0] or "{}")
+        out.append(
+            {
+                "case": case,
+                "impl": impl,
+                "status": g["status"].iloc[0],
+                "error": detail.get("error"),
+                "figures": dict(zip(g["metric"], g["value"])),
+                "over": {m for m in g["metric"] if (case, impl, "", m) in over},
+            }
+        )
+    return out
+
+
 def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
     df = run.measurements
     over = set(zip(breaches["case"], breaches["impl"], breaches["reference"].fillna(""), breaches["metric"]))
     rows = _table(df, over) if not df.empty else []
+    audit = _audit_table(df, over) if not df.empty else []
     counts = {}
-    for r in rows:
+    for r in rows + audit:
         key = r["status"].split("(")[0]
         counts[key] = counts.get(key, 0) + 1
     html = (
@@ -72,6 +91,7 @@ def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
             rows=rows,
             counts=counts,
             breaches=breaches.to_dict("records"),
+            audit=audit,
         )
     )
     atomic_write(out, html.encode())

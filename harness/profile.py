@@ -43,6 +43,11 @@ CEILING_METRICS = {
     "nonfinite_mismatch",
     "rmse",
     "rmse_ratio",
+    # the SM120 audit's
+    "shared_bytes",
+    "registers",
+    "spill_bytes",
+    "forbidden_instructions",
 }
 
 

@@ -196,7 +196,9 @@ def child(job_file: str) -> int:
     from harness.catalogue import load_op_file
     from harness.inputs import cached_inputs, digest, to_device
     from harness.op import Unavailable
+    from harness.triton_capture import install_from_env
 
+    install_from_env()
     op = load_op_file(Path(job.op_file))
     path = op.paths[job.path]
     cases = op.cases()

@@ -28,6 +28,7 @@ import torch
 from harness import dsv4
 from harness.op import ORACLE, Case, Path, Unavailable
 from harness.sglang_src import import_module, load_by_path
+from harness.triton_capture import keep_first_config
 
 OP = "mla_sparse_decode"
 # The KV cache is fp8, but the oracle dequantizes it exactly, so what is left is bf16 rounding of q,
@@ -200,9 +201,7 @@ def _fallback(fn, t: dict, case: Case):
 def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
     mod = load_by_path("kernels/ops/attention/flash_mla_sm120_triton.py")
     if os.environ.get("TRITON_INTERPRET") == "1":
-        # the autotuner benchmarks its configs, which the interpreter cannot: keep the first
-        kernel = mod._tiled_sparse_decode_kernel
-        kernel.configs = kernel.configs[:1]
+        keep_first_config(mod._tiled_sparse_decode_kernel)
     out, lse = _fallback(mod.flash_mla_sparse_decode_triton, t, case)
     return {"out": out, ("lse_with_sink" if "attn_sink" in t else "lse"): lse}  # its LSE includes the sink
 

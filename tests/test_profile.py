@@ -33,7 +33,7 @@ def test_load_errors_name_file_and_field(tmp_path, body, message):
 
 
 SELECT = [
-    ("[kernels.ops.nope]\n", "[kernels.ops.nope]: unknown op 'nope' (known: planted_mla, toy_scale)"),
+    ("[kernels.ops.nope]\n", "[kernels.ops.nope]: unknown op 'nope' (known: planted_mla, planted_smem, toy_scale)"),
     ("[kernels.ops.toy_scale]\nimpls = ['gud']\n", "[kernels.ops.toy_scale].impls: unknown implementation 'gud'"),
     ("[kernels.ops.toy_scale]\ngoldens = ['good']\n", "[kernels.ops.toy_scale].goldens: unknown golden 'good'"),
     ("[kernels.ops.toy_scale]\ncases = ['huge']\n", "[kernels.ops.toy_scale].cases: ['huge'] selects no case"),

@@ -1,0 +1,320 @@
+"""The SM120 static audit: the Triton kernels each SM120 path launches, compiled for `sm_120a`
+(no GPU needed) and checked against what SM120 has: 101376 B of shared memory per block, registers
+and spills, and no wgmma / tcgen05 (TMEM) instructions.
+
+Capture runs the profile's implementations in the usual workers with harness/triton_capture.py
+installed; compilation runs in a subprocess of its own, without TRITON_INTERPRET, so a compiler
+crash is one kernel's finding and not the end of the run:
+
+    python -m harness.audit LAUNCHES.jsonl FINDINGS.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SM120_SHARED_BYTES = 101376  # cudaDevAttrMaxSharedMemoryPerBlockOptin on compute capability 12.0
+SM120 = ((12, 0), (12, 1))
+# instructions of SM90/SM100 that SM120 does not have: warpgroup MMA, 5th-gen tensor core and TMEM
+FORBIDDEN_PTX = re.compile(r"\b(wgmma\.[\w.]+|tcgen05\.[\w.]+)")
+FORBIDDEN_SASS = re.compile(r"\b(HGMMA|UTCHMMA|UTCQMMA|UTCMMA|UTCBAR|LDTM|STTM)\b")
+CEILINGS = {"shared_bytes": float(SM120_SHARED_BYTES), "forbidden_instructions": 0.0}
+
+
+def variants(launch: dict) -> list[dict]:
+    """One compile per autotune config (or the launch's own options)."""
+    if launch.get("configs"):
+        out = []
+        for c in launch["configs"]:
+            opts = {k: c[k] for k in ("num_warps", "num_stages", "num_ctas", "maxnreg") if c.get(k) is not None}
+            out.append({**launch, "constexprs": {**launch["constexprs"], **c["kwargs"]}, "options": opts})
+        return out
+    return [launch]
+
+
+def key(v: dict) -> str:
+    """A stable name: the constexprs that vary between configs, the launch options, and a hash of
+    the whole specialisation."""
+    blob = json.dumps({k: v[k] for k in ("file", "name", "signature", "constexprs", "options")}, sort_keys=True)
+    c = v["constexprs"]
+    # block sizes and boolean flags tell the variants apart; the rest is in the hash
+    tuned = ".".join(f"{k}={c[k]}" for k in sorted(c) if (k.startswith("B") and k.isupper()) or isinstance(c[k], bool))
+    opts = ".".join(
+        f"{k[4] if k.startswith('num_') else k}{val}"
+        for k, val in sorted(v["options"].items())
+        if not (k == "num_ctas" and val == 1)
+    )
+    label = ".".join(x for x in (tuned, opts) if x)
+    return f"{v['name']}/{label or 'default'}/{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def _tool(name: str) -> str | None:
+    import triton
+
+    p = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return str(p) if p.exists() else None
+
+
+def _load_jit(v: dict):
+    from triton.runtime.jit import JITFunction
+
+    from harness.sglang_src import sglang_root
+
+    module = None
+    if v["module"].startswith("sglang."):
+        root = sglang_root()
+        if root and str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        module = importlib.import_module(v["module"])
+    else:
+        name = "_sm120_audit_" + hashlib.sha1(v["file"].encode()).hexdigest()[:10]
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, v["file"])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+    fn = getattr(module, v["name"])
+    while not isinstance(fn, JITFunction):
+        fn = fn.fn  # through Autotuner / Heuristics
+    return fn
+
+
+def _resources(cubin: bytes) -> dict:
+    """Registers, local memory (spills) and stack, as cuobjdump reads them from the cubin."""
+    tool = _tool("cuobjdump")
+    if tool is None:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        res = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=120).stdout
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", res)
+    out = {"sass_forbidden": sorted(set(FORBIDDEN_SASS.findall(sass)))}
+    if m:
+        out.update(registers=int(m[1]), stack_bytes=int(m[2]), static_shared=int(m[3]), local_bytes=int(m[4]))
+    return out
+
+
+def compile_one(v: dict, arch: int = 120) -> dict:
+    """Cross-compile one launch variant (for sm_120a unless told otherwise) and read what it needs."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _load_jit(v)
+    constexprs = {k: val for k, val in v["constexprs"].items()}
+    src = ASTSource(fn, v["signature"], constexprs=constexprs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(v["options"]))
+    ptx = kernel.asm["ptx"]
+    target = re.search(r"^\.target\s+(\S+)", ptx, re.MULTILINE)
+    found = {
+        "shared_bytes": int(kernel.metadata.shared),
+        "num_warps": int(kernel.metadata.num_warps),
+        "num_stages": int(kernel.metadata.num_stages),
+        "target": target.group(1) if target else None,
+        "ptx_forbidden": sorted(set(FORBIDDEN_PTX.findall(ptx))),
+    }
+    found.update(_resources(kernel.asm["cubin"]))
+    return found
+
+
+def compile_all(launches: list[dict], out: Path) -> None:
+    """Child side: compile every variant, one JSON line each (written as it goes)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    with open(out, "a", encoding="utf-8") as f:
+        for v in launches:
+            try:
+                result = {"key": key(v), "ok": True, **compile_one(v)}
+            except Exception as exc:
+                result = {
+                    "key": key(v),
+                    "ok": False,
+                    "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
+                }
+            f.write(json.dumps(result) + "\n")
+            f.flush()
+
+
+if __name__ == "__main__":
+    todo = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
+    compile_all(todo, Path(sys.argv[2]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent side: capture, compile, store
+
+
+def is_sm120_path(path) -> bool:
+    """An implementation SGLang can select on SM120: no arch restriction, or SM120 among its archs."""
+    return not path.golden and (path.archs is None or any(a in SM120 for a in path.archs))
+
+
+def _read_jsonl(file: Path) -> list[dict]:
+    if not file.exists():
+        return []
+    out = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def run_audit(selections, writer, settings) -> None:
+    """Capture, then compile; rows are written per path as soon as its kernels are compiled."""
+    from harness.store import row
+    from harness.worker import Job, run_path
+
+    def add(op: str, impl: str, name: str, metric: str, value: float, **kw) -> dict:
+        version = name.rsplit("/", 1)[-1] if name.count("/") >= 2 else hashlib.sha256(name.encode()).hexdigest()[:12]
+        return row(writer.run_id, "audit", f"{op}/{name}", version, impl, metric, value, **kw)
+
+    with tempfile.TemporaryDirectory(prefix="sm120-audit-") as tmp:
+        tmp = Path(tmp)
+        for sel in selections:
+            op = sel.op.name
+            for impl in sel.impls:
+                if settings.cancelled.is_set():
+                    return
+                path = sel.op.paths[impl]
+                if not is_sm120_path(path):
+                    continue
+                reason = path.unsupported_reason(settings.capability)
+                if reason is not None:
+                    writer.add(
+                        [
+                            add(
+                                op,
+                                impl,
+                                "capture",
+                                "kernels",
+                                float("nan"),
+                                unit="count",
+                                status=f"skipped(cannot run it here to capture its launches: {reason})",
+                            )
+                        ]
+                    )
+                    continue
+                capture = tmp / f"{op}.{impl}.launches.jsonl"
+                env = {**os.environ, **path.env, "SM120_HARNESS_CAPTURE": str(capture)}
+                if settings.capability is None:
+                    env["TRITON_INTERPRET"] = "1"
+                if settings.slots[0] is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = settings.slots[0]
+                job = Job(
+                    op_file=str(sel.op.file),
+                    path=impl,
+                    cases=[c.name for c in sel.cases],
+                    seed=settings.seed,
+                    device="cpu" if settings.capability is None else "cuda",
+                    outdir=str(tmp / "outputs"),
+                )
+                log = writer.artifacts / "workers" / f"audit.{op}.{impl}.log"
+                results = list(run_path(job, timeout_s=settings.timeout_s, log=log, env=env))
+                bad = [r for r in results if r.status not in ("ok",) and not r.status.startswith("skipped")]
+                records = _read_jsonl(capture)
+                errors = [r["error"] for r in records if "error" in r]
+                todo = {}
+                for launch in (r for r in records if "error" not in r):
+                    for v in variants(launch):
+                        todo.setdefault(key(v), v)
+                status = "ok" if not bad and not errors else "failed"
+                detail = {
+                    "cases": len(results),
+                    "launches": len(records),
+                    "errors": errors[:5],
+                    "path_failures": {r.case: r.status for r in bad},
+                }
+                rows = [
+                    add(
+                        op,
+                        impl,
+                        "capture",
+                        "kernels",
+                        float(len(todo)),
+                        unit="count",
+                        status=status,
+                        better="higher",
+                        detail=detail,
+                    )
+                ]
+                rows += _compile_rows(
+                    list(todo.values()),
+                    tmp / f"{op}.{impl}",
+                    settings,
+                    lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k),
+                )
+                writer.add(rows)
+                over = sum(1 for r in rows if r["metric"] == "shared_bytes" and r["value"] > SM120_SHARED_BYTES)
+                print(
+                    f"{op}  {impl}  {status}: {len(todo)} kernel variant(s) compiled for sm_120a, "
+                    f"{over} over {SM120_SHARED_BYTES} B of shared memory",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+
+def _compile_rows(todo: list[dict], stem: Path, settings, add) -> list[dict]:
+    if not todo:
+        return []
+    launches, findings = stem.with_suffix(".todo.jsonl"), stem.with_suffix(".found.jsonl")
+    launches.write_text("".join(json.dumps(v) + "\n" for v in todo))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.audit", str(launches), str(findings)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=settings.timeout_s * len(todo),
+        )
+        crash = (
+            None if proc.returncode == 0 else f"compiler process exited with {proc.returncode}: {proc.stderr[-1500:]}"
+        )
+    except subprocess.TimeoutExpired:
+        crash = "compiler process timed out"
+    found = {f["key"]: f for f in _read_jsonl(findings)}
+    rows = []
+    for v in todo:
+        k = key(v)
+        spec = {"file": v["file"], "signature": v["signature"], "constexprs": v["constexprs"], "options": v["options"]}
+        f = found.get(k)
+        if f is None:
+            rows.append(
+                add(
+                    k,
+                    "shared_bytes",
+                    float("nan"),
+                    unit="B",
+                    status="crashed",
+                    detail={**spec, "error": crash or "no result"},
+                )
+            )
+            continue
+        if not f["ok"]:
+            rows.append(
+                add(k, "shared_bytes", float("nan"), unit="B", status="failed", detail={**spec, "error": f["error"]})
+            )
+            continue
+        forbidden = sorted(set(f["ptx_forbidden"]) | set(f.get("sass_forbidden", [])))
+        detail = {**spec, "target": f["target"], "num_warps": f["num_warps"], "num_stages": f["num_stages"]}
+        rows.append(add(k, "shared_bytes", f["shared_bytes"], unit="B", detail={**detail, "limit": SM120_SHARED_BYTES}))
+        if "registers" in f:
+            rows.append(add(k, "registers", f["registers"], unit="count", detail=detail))
+            rows.append(add(k, "spill_bytes", f["local_bytes"], unit="B", detail={**detail, "stack": f["stack_bytes"]}))
+        rows.append(
+            add(k, "forbidden_instructions", float(len(forbidden)), unit="count", detail={**detail, "found": forbidden})
+        )
+    return rows
