@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -34,8 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only", help="comma-separated op names")
     run.add_argument("--json", action="store_true", help="print the run's manifest and measurements on stdout")
     audit = sub.add_parser("audit", help="compile every Triton kernel the SM120 paths launch for sm_120a and check it")
+    golden = sub.add_parser("golden", help="stored goldens").add_subparsers(dest="golden_command", required=True)
+    capture = golden.add_parser("capture", help="run the goldens of a profile where they run and store their outputs")
     for a in run._actions[1:]:  # the same options as `run`
         audit._add_action(a)
+        capture._add_action(a)
+    capture.add_argument("--out", type=Path, required=True, help="golden folder to write (e.g. golden/)")
+    run.add_argument("--golden-dir", type=Path, help="stored goldens (default: golden/)")
+    run.add_argument(
+        "--golden-source",
+        choices=("auto", "live", "stored"),
+        default="auto",
+        help="auto: a golden runs live where it can, else from the store (default)",
+    )
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", type=Path, default=Path("runs"))
     runs.add_argument("--json", action="store_true")
@@ -47,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = _parser().parse_args(["run", *(argv or [])])
     try:
-        if args.command in ("run", "audit"):
+        if args.command in ("run", "audit", "golden"):
             return cmd_run(args)
         return cmd_runs(args)
     except BrokenPipeError:
@@ -104,6 +116,9 @@ def cmd_run(args) -> int:
     if not selections:
         _err(f"{profile.file}: the profile selects nothing to run (no [kernels] section)")
         return EXIT_USAGE
+    if args.command == "golden":
+        for sel in selections:
+            sel.impls = []  # goldens only
     return _execute(args, profile, selections, has_gpu, "audit" if args.command == "audit" else "kernels")
 
 
@@ -113,6 +128,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     from harness import audit
     from harness.ceilings import breaches
     from harness.console import Progress, audit_summary, summary
+    from harness.content import content_dir
     from harness.fingerprint import fingerprint, redact
     from harness.page import render_run
     from harness.parity import Settings, run_kernels
@@ -148,8 +164,17 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
         else [None]
     )
     k = profile.kernels
+    capture = getattr(args, "golden_command", None) == "capture"
+    outputs = tempfile.TemporaryDirectory(prefix="sm120-harness-capture-") if capture else None
     settings = Settings(
-        capability=capability, slots=slots, timeout_s=k.timeout_s, seed=k.seed, on_result=progress.result
+        capability=capability,
+        slots=slots,
+        timeout_s=k.timeout_s,
+        seed=k.seed,
+        on_result=progress.result,
+        golden_dir=None if capture else (getattr(args, "golden_dir", None) or content_dir("golden")),
+        golden_source="live" if capture else getattr(args, "golden_source", "auto"),
+        keep_outputs=Path(outputs.name) if outputs else None,
     )
     where = f"{len(slots)} x {torch.cuda.get_device_name(0)}" if has_gpu else "CPU, Triton interpreter"
     what = f"{total} path x case" if suite == "kernels" else "SM120 audit"
@@ -183,6 +208,27 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     if code == EXIT_OK and (len(over) or len(broken)):
         code = EXIT_GATE
         progress.say(f"\n{len(over)} measurement(s) over a ceiling, {len(broken)} path x case failed")
+    if capture and code != EXIT_INTERRUPTED:
+        from harness.goldens import write
+
+        stored = 0
+        for _, o in m[(m["metric"] == "outcome") & (m["status"] == "ok")].iterrows():
+            detail = json.loads(o["detail"])
+            op, case = o["case"].split("/", 1)
+            write(
+                args.out,
+                op=op,
+                case=case,
+                case_version=o["case_version"],
+                golden=o["impl"],
+                seed=k.seed,
+                input_digest=detail["digest"],
+                outputs_file=Path(outputs.name) / op / case / f"{o['impl']}.safetensors",
+                fingerprint=run.manifest["fingerprint"],
+            )
+            stored += 1
+        outputs.cleanup()
+        progress.say(f"stored {stored} golden output(s) in {args.out}")
     progress.say(f"page: {page}")
     if args.json:
         print(
