@@ -175,6 +175,8 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
         golden_dir=None if capture else (getattr(args, "golden_dir", None) or content_dir("golden")),
         golden_source="live" if capture else getattr(args, "golden_source", "auto"),
         keep_outputs=Path(outputs.name) if outputs else None,
+        timing=None if capture else k.timing,
+        gpu_name=torch.cuda.get_device_name(0) if has_gpu else None,
     )
     where = f"{len(slots)} x {torch.cuda.get_device_name(0)}" if has_gpu else "CPU, Triton interpreter"
     what = f"{total} path x case" if suite == "kernels" else "SM120 audit"
@@ -212,7 +214,10 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
         from harness.goldens import write
 
         stored = 0
+        wanted = {(s.op.name, g) for s in selections for g in (s.listed_goldens or s.goldens)}
         for _, o in m[(m["metric"] == "outcome") & (m["status"] == "ok")].iterrows():
+            if (o["case"].split("/", 1)[0], o["impl"]) not in wanted:
+                continue
             detail = json.loads(o["detail"])
             op, case = o["case"].split("/", 1)
             write(

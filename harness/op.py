@@ -10,7 +10,7 @@ An op file defines, at module level:
     PATHS: list[Path]           implementations and goldens; exactly one golden is the fp64 oracle
 and optionally
     valid_region(inputs, case) -> dict[str, BoolTensor]   per output, where drift is measured
-    FLOPS(case) / BYTES(case)   for the roofline (later)
+    cost(case) -> (bytes, flops)                           the least traffic and work, for the roofline
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class Path:
     needs_cuda: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     note: str = ""
+    # for timing: set-up once, return the call that launches only the kernel; None times `run` whole
+    timed: Callable[[Tensors, Case], Callable[[], Any]] | None = None
 
     def unsupported_reason(self, capability: tuple[int, int] | None) -> str | None:
         """Why this path cannot run on a device of `capability` (None: no GPU), else None."""

@@ -19,6 +19,7 @@ from harness import drift
 from harness.inputs import cached_inputs
 from harness.op import ORACLE, Case
 from harness.profile import Selection
+from harness.roofline import Timing, peaks, roofline
 from harness.store import RunWriter, row
 from harness.worker import Job, Result, output_file, run_path
 
@@ -36,6 +37,8 @@ class Settings:
     golden_dir: Path | None = None  # stored goldens (harness/goldens.py)
     golden_source: str = "auto"  # auto: live where the golden runs here, else stored; live; stored
     keep_outputs: Path | None = None  # where outputs stay after the run (golden capture), else a temp dir
+    timing: dict | None = None  # profile's [kernels.timing]; applies on a CUDA device
+    gpu_name: str | None = None
 
 
 def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settings) -> None:
@@ -54,6 +57,7 @@ class _OpRun:
         self.lock = threading.Lock()
         self.golden_ok: dict[tuple[str, str], str] = {}  # (case, golden) -> input digest
         self.source: dict[tuple[str, str], str] = {}  # (case, golden) -> "live" or "stored:<date> <gpu>"
+        self.times: dict[tuple[str, str], float] = {}  # (case, path) -> median us
         self.masks: dict[str, dict] = {}
 
     def run(self) -> None:
@@ -118,6 +122,7 @@ class _OpRun:
             seed=self.s.seed,
             device="cpu" if self.s.capability is None else "cuda",
             outdir=str(self.outdir),
+            timing=self.s.timing,
         )
         log = self.writer.artifacts / "workers" / f"{self.op.name}.{name}.log"
         cases = {c.name: c for c in self.sel.cases}
@@ -125,7 +130,10 @@ class _OpRun:
             if self.s.cancelled.is_set():
                 return
             case = cases[result.case]
+            timing = result.detail.pop("timing", None)
             rows = self._measure(case, name, result) if result.status == "ok" else []
+            if timing and result.status == "ok":
+                rows += self._timing_rows(case, name, Timing(timing["samples_us"], timing["mode"]))
             self._record(case, name, result, rows)
 
     def _replay(self, name: str, live_reason: str | None) -> None:
@@ -169,6 +177,44 @@ class _OpRun:
                 return
             self.writer.add([outcome, *rows])
             self.s.on_result(self.op.name, case.name, name, result, rows)
+
+    def _timing_rows(self, case: Case, name: str, t: Timing) -> list[dict]:
+        """time_us with its samples; GB/s, TFLOP/s and the fraction of the roofline where the op states
+        its cost and the GPU's peaks are known; and the ratio to each golden kernel timed here."""
+        self.times[(case.name, name)] = t.median_us
+        rows = [
+            self._row(
+                case,
+                name,
+                "time_us",
+                t.median_us,
+                unit="us",
+                samples=t.samples_us,
+                detail={"iqr_us": t.iqr_us, "mode": t.mode, "repeats": len(t.samples_us)},
+            )
+        ]
+        cost = getattr(self.op.module, "cost", None)
+        peak = peaks(self.s.gpu_name) if self.s.gpu_name else None
+        if cost is not None and peak is not None:
+            nbytes, flops = cost(case)
+            r = roofline(t.median_us, nbytes, flops, peak)
+            detail = {
+                "bytes": nbytes,
+                "flops": flops,
+                "peak_gbps": peak[0],
+                "peak_tflops": peak[1],
+                "bw_frac": r["bw_frac"],
+                "compute_frac": r["compute_frac"],
+            }
+            rows.append(self._row(case, name, "gbps", r["gbps"], unit="GB/s", better="higher", detail=detail))
+            rows.append(self._row(case, name, "tflops", r["tflops"], unit="TFLOP/s", better="higher", detail=detail))
+            rows.append(self._row(case, name, "roofline_frac", r["roofline_frac"], better="higher", detail=detail))
+        if not self.op.paths[name].golden:
+            for golden in self.sel.goldens:
+                ref = self.times.get((case.name, golden))
+                if golden != ORACLE and ref:
+                    rows.append(self._row(case, name, "time_ratio", t.median_us / ref, reference=golden, unit="x"))
+        return rows
 
     def _valid(self, case: Case) -> dict:
         if case.name not in self.masks:

@@ -66,10 +66,11 @@ class OpConfig:
 
 @dataclass
 class KernelsConfig:
-    cases: str | list[str] = "auto"
+    cases: str | list[str] | dict[str, list[str]] = "auto"
     timeout_s: float = 600.0
     seed: int = 0
     ops: dict[str, OpConfig] | None = None  # None: every op discovered
+    timing: dict | None = None  # {"repeats", "warmup", "cuda_graph"}, on a GPU only
 
 
 @dataclass
@@ -136,16 +137,40 @@ def load_profile(file: Path | str) -> Profile:
 def _kernels(file: Path, t: Any) -> KernelsConfig:
     if not isinstance(t, dict):
         raise _err(file, "kernels", "expected a table")
-    _check_keys(file, "[kernels]", t, {"cases", "timeout_s", "seed", "ops"})
+    _check_keys(file, "[kernels]", t, {"cases", "timeout_s", "seed", "ops", "timing"})
     cfg = KernelsConfig()
     if "cases" in t:
-        cfg.cases = t["cases"] if t["cases"] == "auto" else _str_list(file, "[kernels].cases", t["cases"])
+        c = t["cases"]
+        if isinstance(c, dict):  # per machine: { cpu = [...], gpu = [...] }
+            _check_keys(file, "[kernels].cases", c, {"cpu", "gpu"})
+            cfg.cases = {m: _str_list(file, f"[kernels].cases.{m}", c.get(m, [])) for m in ("cpu", "gpu")}
+        else:
+            cfg.cases = c if c == "auto" else _str_list(file, "[kernels].cases", c)
     if "timeout_s" in t:
         cfg.timeout_s = _number(file, "[kernels].timeout_s", t["timeout_s"], positive=True)
     if "seed" in t:
         if isinstance(t["seed"], bool) or not isinstance(t["seed"], int) or t["seed"] < 0:
             raise _err(file, "[kernels].seed", f"expected a non-negative integer, got {t['seed']!r}")
         cfg.seed = t["seed"]
+    if "timing" in t:
+        tm = t["timing"]
+        if not isinstance(tm, dict):
+            raise _err(file, "[kernels.timing]", "expected a table")
+        _check_keys(file, "[kernels.timing]", tm, {"repeats", "warmup", "cuda_graph"})
+        cfg.timing = {"repeats": 30, "warmup": 5, "cuda_graph": True}
+        for k in ("repeats", "warmup"):
+            if k in tm:
+                if isinstance(tm[k], bool) or not isinstance(tm[k], int) or tm[k] < (1 if k == "repeats" else 0):
+                    raise _err(
+                        file,
+                        f"[kernels.timing].{k}",
+                        f"expected a {'positive' if k == 'repeats' else 'non-negative'} integer, got {tm[k]!r}",
+                    )
+                cfg.timing[k] = tm[k]
+        if "cuda_graph" in tm:
+            if not isinstance(tm["cuda_graph"], bool):
+                raise _err(file, "[kernels.timing].cuda_graph", f"expected true or false, got {tm['cuda_graph']!r}")
+            cfg.timing["cuda_graph"] = tm["cuda_graph"]
     if "ops" in t:
         if not isinstance(t["ops"], dict):
             raise _err(file, "[kernels].ops", "expected a table of op tables")
@@ -194,6 +219,7 @@ class Selection:
     impls: list[str]
     ceilings: dict[str, float]
     tolerance: tuple[float, float]
+    listed_goldens: list[str] | None = None  # as the profile names them (what `golden capture` stores)
 
 
 def select(profile: Profile, ops: dict[str, Op], *, has_gpu: bool, only: list[str] | None = None) -> list[Selection]:
@@ -229,6 +255,8 @@ def select(profile: Profile, ops: dict[str, Op], *, has_gpu: bool, only: list[st
         patterns = cfg.cases if cfg.cases is not None else k.cases
         if patterns == "auto":
             patterns = ["flash"] if has_gpu else ["tiny"]
+        elif isinstance(patterns, dict):
+            patterns = patterns["gpu" if has_gpu else "cpu"]
         all_cases = op.cases()
         cases = [c for c in all_cases.values() if any(p in c.tags or fnmatch.fnmatchcase(c.name, p) for p in patterns)]
         if not cases:
@@ -246,6 +274,7 @@ def select(profile: Profile, ops: dict[str, Op], *, has_gpu: bool, only: list[st
                 impls=impls,
                 ceilings={**default_ceilings(op.dtype), **cfg.ceilings},
                 tolerance=cfg.tolerance or op.tolerance,
+                listed_goldens=cfg.goldens,
             )
         )
     return out

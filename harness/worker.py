@@ -40,6 +40,7 @@ class Job:
     seed: int
     device: str  # "cuda" or "cpu"
     outdir: str
+    timing: dict | None = None  # {"repeats", "warmup", "cuda_graph"}: time each case on a CUDA device
 
 
 @dataclass
@@ -179,6 +180,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _time(path, inputs, case, timing: dict) -> dict:
+    from harness.roofline import time_cuda
+
+    try:
+        fn = path.timed(inputs, case) if path.timed else (lambda: path.run(inputs, case))
+        t = time_cuda(fn, repeats=timing["repeats"], warmup=timing["warmup"], cuda_graph=timing["cuda_graph"])
+        return {"timing": {"samples_us": t.samples_us, "mode": t.mode}}
+    except Exception as exc:  # the drift is measured already; a timing that fails is said, not fatal
+        traceback.print_exc()
+        return {"timing_error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000]}
+
+
 def child(job_file: str) -> int:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever the kernels print lands in the log, not in the protocol
@@ -211,7 +224,8 @@ def child(job_file: str) -> int:
         try:
             inputs = cached_inputs(op.module, op.name, cases[name], job.seed, Path(job.outdir))
             dig = digest(inputs)
-            outputs = path.run(to_device(inputs, job.device), cases[name])
+            dev_inputs = to_device(inputs, job.device)
+            outputs = path.run(dev_inputs, cases[name])
             _sync(job.device)
             seconds = time.perf_counter() - t0
             out = {k: v.detach().cpu().clone() for k, v in outputs.items()}  # clone: no shared storage
@@ -220,7 +234,10 @@ def child(job_file: str) -> int:
             tmp = target.with_suffix(".tmp")
             save_file(out, str(tmp))
             os.replace(tmp, target)
-            emit(event="result", case=name, status="ok", seconds=seconds, digest=dig)
+            detail = {}
+            if job.timing and job.device == "cuda" and not path.name == "fp64":
+                detail = _time(path, dev_inputs, cases[name], job.timing)
+            emit(event="result", case=name, status="ok", seconds=seconds, digest=dig, detail=detail)
         except Unavailable as exc:
             emit(event="result", case=name, status=f"skipped({exc})", seconds=time.perf_counter() - t0)
         except Exception as exc:  # a failing kernel is a measurement, not the end of the run

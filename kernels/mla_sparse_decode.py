@@ -143,6 +143,16 @@ def valid_region(t: dict, case: Case) -> dict[str, torch.Tensor]:
     return {"lse": rows, "lse_with_sink": rows if "attn_sink" not in t else torch.ones_like(rows)}
 
 
+def cost(case: Case) -> tuple[float, float]:
+    """The least a decode step must move and compute: each selected token's 584 B read once, q and
+    out in bf16, the int32 indices; QK and PV over 512 dims for every head."""
+    p = case.params
+    tokens = p["topk"] + p["extra_topk"]
+    nbytes = p["B"] * tokens * (dsv4.TOKEN_BYTES + 4) + 2 * p["B"] * p["H"] * dsv4.DIM * 2
+    flops = 4.0 * p["B"] * p["H"] * tokens * dsv4.DIM
+    return float(nbytes), flops
+
+
 # ---------------------------------------------------------------------------------------------- paths
 
 
@@ -236,6 +246,18 @@ def flashinfer_fa2(t: dict, case: Case) -> dict[str, torch.Tensor]:
     """FlashInfer's FA2 MLA over the selected tokens: page size 1, the full 512-wide dequantized row as
     ckv, kpe and q_pe zero. Its LSE is base 2; the sink is applied afterwards from it. A row with
     nothing selected gets one dummy token and is then set to FlashMLA's answer (0)."""
+    o, lse2 = _fa2_call(t, case)()
+    lse = lse2.float() * math.log(2.0)
+    out = o.float()
+    if "attn_sink" in t:
+        out = out * torch.sigmoid(lse - t["attn_sink"][None, :])[..., None]
+    empty = ~_has_any(t, case)
+    out[empty], lse[empty] = 0.0, -math.inf
+    return {"out": out.to(torch.bfloat16), "lse": lse}
+
+
+def _fa2_call(t: dict, case: Case):
+    """Dequantize, gather and plan; return the call that runs FlashInfer's kernel alone (what is timed)."""
     try:
         import flashinfer
     except ImportError as exc:
@@ -278,26 +300,21 @@ def flashinfer_fa2(t: dict, case: Case) -> dict[str, torch.Tensor]:
         torch.bfloat16,
         torch.bfloat16,
     )
-    o, lse2 = wrapper.run(
-        t["q"][:, 0].contiguous(),
-        torch.zeros(B, H, dsv4.ROPE, dtype=torch.bfloat16, device=dev),
-        ckv,
-        torch.zeros(offset, 1, dsv4.ROPE, dtype=torch.bfloat16, device=dev),
-        return_lse=True,
-    )
-    lse = lse2.float() * math.log(2.0)
-    out = o.float()
-    if "attn_sink" in t:
-        out = out * torch.sigmoid(lse - t["attn_sink"][None, :])[..., None]
-    empty = ~_has_any(t, case)
-    out[empty], lse[empty] = 0.0, -math.inf
-    return {"out": out.to(torch.bfloat16), "lse": lse}
+    q_nope, q_pe = t["q"][:, 0].contiguous(), torch.zeros(B, H, dsv4.ROPE, dtype=torch.bfloat16, device=dev)
+    kpe = torch.zeros(offset, 1, dsv4.ROPE, dtype=torch.bfloat16, device=dev)
+    return lambda: wrapper.run(q_nope, q_pe, ckv, kpe, return_lse=True)
 
 
 def flashmla_legacy(t: dict, case: Case) -> dict[str, torch.Tensor]:
     """FlashMLA's legacy V4 sparse decode (`use_legacy=True`, as SGLang calls it for the
     non-interleaved V4 layout). It takes 64 or 128 heads: TP=2's 32 are padded with zero q rows,
     as SGLang pads them."""
+    out, lse = _flashmla_call(t, case)()
+    H = case.params["H"]
+    return {"out": out[:, 0, :H], "lse": lse[:, :H, 0]}
+
+
+def _flashmla_call(t: dict, case: Case):
     try:
         import flash_mla
     except ImportError as exc:
@@ -310,7 +327,7 @@ def flashmla_legacy(t: dict, case: Case) -> dict[str, torch.Tensor]:
         sink = None if sink is None else torch.cat([sink, sink.new_zeros(Hp - H)])
     k, ek = _views(t, case)
     meta, _ = flash_mla.get_mla_metadata()
-    out, lse = flash_mla.flash_mla_with_kvcache(
+    return lambda: flash_mla.flash_mla_with_kvcache(
         q,
         k,
         None,
@@ -327,17 +344,17 @@ def flashmla_legacy(t: dict, case: Case) -> dict[str, torch.Tensor]:
         extra_topk_length=t.get("extra_topk_length"),
         use_legacy=True,
     )
-    return {"out": out[:, 0, :H], "lse": lse[:, :H, 0]}
 
 
 PATHS = [
     Path(ORACLE, oracle, golden=True, note="float64 over the exact dequantization"),
-    Path("flashinfer.fa2", flashinfer_fa2, golden=True, needs_cuda=True),
+    Path("flashinfer.fa2", flashinfer_fa2, golden=True, needs_cuda=True, timed=_fa2_call),
     Path(
         "flashmla.legacy",
         flashmla_legacy,
         golden=True,
         archs=((9, 0),),
+        timed=_flashmla_call,
         note="sgl-flash-mla's legacy sm90 V4 kernel; no SM120 build exists",
     ),
     Path("sglang.triton", sglang_triton, note="flash_mla_sparse_decode_triton, loaded by file path"),
