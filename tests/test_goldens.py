@@ -8,7 +8,13 @@ import pytest
 from harness.store import load_run
 from tests.conftest import OPS, needs_sglang, run_cli, write_profile
 
-TOY = 'name = "toy"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.toy_scale]\nimpls = ["good", "off_by_one_row"]\n'
+TOY = """name = "toy"
+[kernels]
+cases = ["tiny"]
+[kernels.ops.toy_scale]
+impls = ["good", "off_by_one_row"]
+goldens = ["fp64"]
+"""
 
 
 def _run(tmp, name, args, env=None):
@@ -159,26 +165,15 @@ def test_tampered_manifest_fails_that_case_alone(captured):
     assert "tampered" in detail["error"]
 
 
-def test_missing_golden_is_skipped_with_the_reason(tmp_path):
-    prof = write_profile(tmp_path / "toy.toml", TOY)
+def test_missing_golden_kernel_is_skipped_with_the_reason_and_the_oracle_runs_live(tmp_path):
+    prof = write_profile(tmp_path / "toy.toml", TOY.replace('goldens = ["fp64"]', 'goldens = ["toy.golden"]'))
     (tmp_path / "empty").mkdir()
-    _, m = _run(
-        tmp_path,
-        "none",
-        [
-            "--suite",
-            str(prof),
-            "--kernels-dir",
-            str(OPS),
-            "--only",
-            "toy_scale",
-            "--golden-dir",
-            str(tmp_path / "empty"),
-            "--golden-source",
-            "stored",
-        ],
-    )
-    assert all(s.startswith("skipped(stored: no stored golden for toy_scale/") for s in _outcome(m, "fp64").values())
+    args = ["--suite", str(prof), "--kernels-dir", str(OPS), "--only", "toy_scale"]
+    _, m = _run(tmp_path, "none", [*args, "--golden-dir", str(tmp_path / "empty"), "--golden-source", "auto"])
+    for status in _outcome(m, "toy.golden").values():
+        assert status.startswith("skipped(needs a CUDA GPU; stored: no stored golden for toy_scale/")
+    assert set(_outcome(m, "fp64").values()) == {"ok"}  # nothing of the oracle stored: computed here
+    assert set(_outcome(m, "good").values()) == {"ok"}
 
 
 def test_mla_round_trip_with_the_real_triton_kernel(tmp_path):

@@ -18,6 +18,7 @@ name = "slow"
 cases = ["tiny"]
 [kernels.ops.toy_scale]
 impls = ["good", "slow"]
+goldens = ["fp64"]
 """
 
 

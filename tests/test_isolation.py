@@ -100,3 +100,27 @@ def test_worker_logs_and_page_are_kept(run):
     assert (stored.dir / "artifacts" / "workers" / "toy_scale.raises.log").exists()
     page = (stored.dir / "artifacts" / "report.html").read_text()
     assert "crashed" in page and "timeout" in page and "planted failure" in page
+
+
+def test_ceilings_bound_drift_from_the_oracle_not_between_kernels():
+    import math
+
+    import pandas as pd
+
+    from harness.ceilings import breaches
+
+    rows = pd.DataFrame([
+        {"case": "op/c", "impl": "k", "reference": "fp64", "metric": "calc_diff", "value": 2e-5, "status": "ok"},
+        {"case": "op/c", "impl": "k", "reference": "gold", "metric": "calc_diff", "value": 2e-5, "status": "ok"},
+        {"case": "op/c", "impl": "k", "reference": "gold", "metric": "rmse_ratio", "value": 9.0, "status": "ok"},
+        {"case": "op/c", "impl": "k", "reference": None, "metric": "shared_bytes", "value": 2e5, "status": "ok"},
+        {"case": "op/c", "impl": "k", "reference": "fp64", "metric": "calc_diff", "value": math.nan, "status": "ok"},
+        {"case": "op/c", "impl": "j", "reference": "fp64", "metric": "calc_diff", "value": 1.0, "status": "failed"},
+    ])  # fmt: skip
+    over = breaches(rows, {"op": {"calc_diff": 1e-5, "rmse_ratio": 4.0, "shared_bytes": 101376}})
+    assert sorted(zip(over["reference"].fillna("-"), over["metric"])) == [
+        ("-", "shared_bytes"),
+        ("fp64", "calc_diff"),
+        ("fp64", "calc_diff"),
+        ("gold", "rmse_ratio"),
+    ]

@@ -56,7 +56,7 @@ def test_selection_resolves_defaults(tmp_path):
     )
     (sel,) = select(load_profile(f), discover(OPS), has_gpu=False)
     assert [c.name for c in sel.cases] == ["n4", "n16"]
-    assert sel.goldens == ["fp64"] and sel.impls == ["good"]
+    assert sel.goldens == ["fp64", "toy.golden"] and sel.impls == ["good"]
     assert sel.ceilings["calc_diff"] == 0.5 and sel.ceilings["worst_row_calc_diff"] == 5e-5
 
 
