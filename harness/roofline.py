@@ -1,12 +1,14 @@
 """Kernel timing on a CUDA device, and where a timing stands against the device's roofline.
 
 Timing: warm-up calls first (Triton autotuning and JIT happen there), then the call is captured in a
-CUDA graph where the path allows it (else launched eagerly), and each of N repeats is timed with CUDA
-events around one replay, after a write of twice the L2 size has flushed the cache. The samples are
+CUDA graph where the path allows it (else launched eagerly) and run for a fraction of a second so the
+clocks settle, and each of N repeats is timed with CUDA events around one replay, after a write of
+twice the L2 size has flushed the cache. The samples are
 kept; the median and IQR summarise them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,7 +46,21 @@ class Timing:
         return float(q3 - q1)
 
 
-def time_cuda(fn: Callable[[], object], *, repeats: int, warmup: int, cuda_graph: bool = True) -> Timing:
+def _spin(launch: Callable[[], object], seconds: float) -> None:
+    """Keep the GPU busy with the kernel itself for a while: its clocks ramp up before anything is
+    timed (a count of warm-up calls is not enough for a 20 us kernel)."""
+    import torch
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(8):
+            launch()
+        torch.cuda.synchronize()
+
+
+def time_cuda(
+    fn: Callable[[], object], *, repeats: int, warmup: int, cuda_graph: bool = True, spin_s: float = 0.3
+) -> Timing:
     import torch
 
     dev = torch.cuda.current_device()
@@ -69,6 +85,7 @@ def time_cuda(fn: Callable[[], object], *, repeats: int, warmup: int, cuda_graph
             launch, mode = graph.replay, "cuda_graph"
         except Exception:  # a path that syncs, allocates on the host or reads .item() cannot be captured
             torch.cuda.synchronize()
+    _spin(launch, spin_s)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
     for i in range(repeats):
