@@ -23,6 +23,11 @@ def _run(tmp, name, args, env=None):
     return r, load_run(next(store.iterdir())).measurements
 
 
+def _replay(tmp, prof, name, env=None):
+    args = ["--suite", str(prof), "--kernels-dir", str(OPS), "--only", "toy_scale"]
+    return _run(tmp, name, [*args, "--golden-dir", str(tmp / "golden"), "--golden-source", "stored"], env=env)
+
+
 def _drift(m):
     d = m[(m["metric"] != "outcome") & m["impl"].isin(["good", "off_by_one_row", "sglang.triton"])]
     return {(c, i, ref, k): v for c, i, ref, k, v in zip(d["case"], d["impl"], d["reference"], d["metric"], d["value"])}
@@ -89,23 +94,7 @@ def test_replay_gives_the_same_drift_figures(captured):
 
 def test_changed_inputs_are_not_comparable(captured):
     tmp, prof = captured
-    r, m = _run(
-        tmp,
-        "changed",
-        [
-            "--suite",
-            str(prof),
-            "--kernels-dir",
-            str(OPS),
-            "--only",
-            "toy_scale",
-            "--golden-dir",
-            str(tmp / "golden"),
-            "--golden-source",
-            "stored",
-        ],
-        env={"TOY_INPUT_SCALE": "2"},
-    )
+    r, m = _replay(tmp, prof, "changed", env={"TOY_INPUT_SCALE": "2"})
     assert set(_outcome(m, "good").values()) == {"skipped(not comparable: its inputs differ from the oracle's)"}
     assert m[m["metric"] == "calc_diff"].empty
 
@@ -114,22 +103,7 @@ def test_corrupted_file_fails_that_case_alone(captured):
     tmp, prof = captured
     f = tmp / "golden" / "toy_scale" / "n8" / "fp64.safetensors"
     f.write_bytes(f.read_bytes()[:-7])
-    r, m = _run(
-        tmp,
-        "corrupt",
-        [
-            "--suite",
-            str(prof),
-            "--kernels-dir",
-            str(OPS),
-            "--only",
-            "toy_scale",
-            "--golden-dir",
-            str(tmp / "golden"),
-            "--golden-source",
-            "stored",
-        ],
-    )
+    r, m = _replay(tmp, prof, "corrupt")
     status = _outcome(m, "fp64")
     assert status["n4"] == "ok" and status["n16"] == "ok" and status["n8"] == "failed"
     detail = json.loads(m[(m["impl"] == "fp64") & (m["case"] == "toy_scale/n8")].iloc[0]["detail"])
@@ -143,22 +117,7 @@ def test_tampered_manifest_fails_that_case_alone(captured):
     manifest = json.loads(mf.read_text())
     manifest["input_digest"] = "0" * 64
     mf.write_text(json.dumps(manifest))
-    _, m = _run(
-        tmp,
-        "tampered",
-        [
-            "--suite",
-            str(prof),
-            "--kernels-dir",
-            str(OPS),
-            "--only",
-            "toy_scale",
-            "--golden-dir",
-            str(tmp / "golden"),
-            "--golden-source",
-            "stored",
-        ],
-    )
+    _, m = _replay(tmp, prof, "tampered")
     status = _outcome(m, "fp64")
     assert status["n16"] == "failed" and status["n4"] == "ok"
     detail = json.loads(m[(m["impl"] == "fp64") & (m["case"] == "toy_scale/n16")].iloc[0]["detail"])
