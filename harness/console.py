@@ -49,16 +49,19 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
     over = set(zip(breaches["case"], breaches["impl"], breaches["reference"].fillna(""), breaches["metric"]))
     outcome = df[df["metric"] == "outcome"]
     goldens = sorted(set(df.loc[df["metric"] == "rmse_ratio", "reference"].dropna()))
+    timed = bool((df["metric"] == "time_us").any())
     head = ["case", "path", "status", "calc_diff", "worst_row", "max_abs"] + [f"rmse/{g}" for g in goldens]
+    head += ["time_us", "roofline"] if timed else []
     lines = [head]
     for _, o in outcome.iterrows():
         sub = df[(df["case"] == o["case"]) & (df["impl"] == o["impl"])]
 
-        def cell(metric: str, ref: str, sub=sub, o=o) -> str:
-            hit = sub[(sub["metric"] == metric) & (sub["reference"] == ref)]
+        def cell(metric: str, ref: str | None, sub=sub, o=o) -> str:
+            same_ref = sub["reference"].isna() if ref is None else sub["reference"] == ref
+            hit = sub[(sub["metric"] == metric) & same_ref]
             if hit.empty:
                 return ""
-            flag = "!" if (o["case"], o["impl"], ref, metric) in over else ""
+            flag = "!" if (o["case"], o["impl"], ref or "", metric) in over else ""
             return fmt(float(hit["value"].iloc[0])) + flag
 
         status = o["status"] if len(o["status"]) <= 40 else o["status"][:37] + "..."
@@ -72,6 +75,7 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
                 cell("max_abs", ORACLE),
             ]
             + [cell("rmse_ratio", g) for g in goldens]
+            + ([cell("time_us", None), cell("roofline_frac", None)] if timed else [])
         )
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)

@@ -19,7 +19,7 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(content_dir("reports"))),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
-        undefined=jinja2.StrictUndefined,
+        undefined=jinja2.ChainableUndefined,
     )
     env.filters["fmt"] = fmt
     return env
@@ -34,9 +34,9 @@ def _table(df: pd.DataFrame, over: set) -> list[dict]:
         metrics = [
             {
                 "metric": m["metric"],
-                "reference": m["reference"],
+                "reference": None if pd.isna(m["reference"]) else m["reference"],  # pandas 3 reads nulls as NaN
                 "value": m["value"],
-                "over": (o["case"], o["impl"], m["reference"] or "", m["metric"]) in over,
+                "over": (o["case"], o["impl"], "" if pd.isna(m["reference"]) else m["reference"], m["metric"]) in over,
             }
             for _, m in sub.iterrows()
         ]
