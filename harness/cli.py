@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: a golden runs live where it can, else from the store (default)",
     )
+    cmp = sub.add_parser(
+        "compare", help="compare two runs (id, folder, latest, latest:<profile>, SGLang commit prefix)"
+    )
+    cmp.add_argument("baseline")
+    cmp.add_argument("candidate")
+    cmp.add_argument("--store", type=Path, default=Path("runs"))
+    cmp.add_argument("--all", action="store_true", help="list unchanged rows too")
+    cmp.add_argument("--json", action="store_true", help="every aligned row, as JSON on stdout")
+    cmp.add_argument("--md", type=Path, help="write the changed rows as Markdown")
+    cmp.add_argument("--html", type=Path, help="write the comparison as an HTML page")
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", type=Path, default=Path("runs"))
     runs.add_argument("--json", action="store_true")
@@ -61,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "audit", "golden"):
             return cmd_run(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_runs(args)
     except BrokenPipeError:
         return EXIT_OK
@@ -68,6 +80,38 @@ def main(argv: list[str] | None = None) -> int:
 
 def _err(msg: str) -> None:
     print(f"sm120-harness: error: {msg}", file=sys.stderr)
+
+
+def cmd_compare(args) -> int:
+    import html
+
+    from harness.compare import compare, summary_counts, to_markdown
+    from harness.store import StoreError, atomic_write, resolve
+
+    try:
+        a, b = resolve(args.store, args.baseline), resolve(args.store, args.candidate)
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    result = compare(a.measurements, b.measurements)
+    title = f"{b.run_id} against {a.run_id}"
+    md = to_markdown(result, title)
+    if args.md:
+        atomic_write(args.md, (md + "\n").encode())
+    if args.html:
+        shown = result if args.all else result[result["verdict"] != "same"]
+        page = (
+            f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(str(summary_counts(result)))}</p>"
+            + shown.to_html(index=False, escape=True, na_rep="")
+        )
+        atomic_write(args.html, page.encode())
+    if args.json:
+        print(result.to_json(orient="records"))
+    else:
+        shown = result if args.all else result[result["verdict"] != "same"]
+        print(md if not args.all else shown.to_string(index=False))
+    return EXIT_OK
 
 
 def cmd_runs(args) -> int:

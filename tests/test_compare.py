@@ -1,0 +1,141 @@
+"""compare(): A/A gives no regression; each planted change is flagged; a change inside the noise is not."""
+
+import random
+
+import pandas as pd
+import pytest
+
+from harness.compare import compare, to_markdown
+from harness.store import load_run, row
+from tests.conftest import OPS, run_cli, write_profile
+
+
+def _frame(rows):
+    return pd.DataFrame(rows)
+
+
+def _timing(run, value_us, spread, n=50, seed=0, metric="time_us", better="lower", case="op/c"):
+    rng = random.Random(seed)
+    samples = [value_us * (1 + rng.gauss(0, spread)) for _ in range(n)]
+    return row(
+        run,
+        "kernels",
+        case,
+        "v1",
+        "sglang.triton",
+        metric,
+        sorted(samples)[n // 2],
+        unit="us",
+        better=better,
+        samples=samples,
+    )
+
+
+def _verdict(a, b, metric):
+    r = compare(_frame(a), _frame(b))
+    return r[r["metric"] == metric].iloc[0]
+
+
+def test_a_run_against_itself_is_all_same():
+    rows = [_timing("A", 100.0, 0.01), row("A", "kernels", "op/c", "v1", "k", "calc_diff", 3e-6, reference="fp64")]
+    r = compare(_frame(rows), _frame(rows))
+    assert set(r["verdict"]) == {"same"}
+
+
+def test_two_cpu_runs_of_the_same_code_show_no_change(tmp_path):
+    prof = write_profile(
+        tmp_path / "p.toml",
+        'name = "p"\n[kernels]\ncases = ["tiny"]\n'
+        '[kernels.ops.toy_scale]\nimpls = ["good", "off_by_one_row"]\ngoldens = ["fp64"]\n',
+    )
+    runs = []
+    for name in ("a", "b"):
+        run_cli(["run", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", str(tmp_path / name)])
+        runs.append(load_run(next((tmp_path / name).iterdir())).measurements)
+    r = compare(*runs)
+    assert len(r) > 20 and set(r["verdict"]) == {"same"}
+
+
+def test_kernel_five_percent_slower_is_a_regression():
+    v = _verdict([_timing("A", 100.0, 0.005, seed=1)], [_timing("B", 105.0, 0.005, seed=2)], "time_us")
+    assert v["verdict"] == "regressed" and v["p_value"] < 1e-6 and v["change"] == pytest.approx(0.05, abs=0.01)
+
+
+def test_faster_kernel_is_an_improvement():
+    v = _verdict([_timing("A", 100.0, 0.005, seed=1)], [_timing("B", 90.0, 0.005, seed=2)], "time_us")
+    assert v["verdict"] == "improved"
+
+
+def test_a_change_inside_the_noise_is_not_flagged():
+    # 3% apart on the medians but with 20% noise on every repeat: not significant
+    a = [_timing("A", 100.0, 0.20, n=10, seed=3)]
+    b = [_timing("B", 103.0, 0.20, n=10, seed=4)]
+    assert _verdict(a, b, "time_us")["verdict"] == "same"
+    # 1% apart with tight samples: significant, but under the 2% threshold
+    a = [_timing("A", 100.0, 0.001, seed=5)]
+    b = [_timing("B", 101.0, 0.001, seed=6)]
+    assert _verdict(a, b, "time_us")["verdict"] == "same"
+
+
+def test_throughput_three_percent_lower_with_tight_samples():
+    # ten repeats a side: with three, Mann-Whitney's smallest two-sided p is 0.1 and nothing could count
+    a = [_timing("A", 1000.0, 0.003, n=10, seed=7, metric="output_tok_s", better="higher", case="perf/c8")]
+    b = [_timing("B", 970.0, 0.003, n=10, seed=8, metric="output_tok_s", better="higher", case="perf/c8")]
+    assert _verdict(a, b, "output_tok_s")["verdict"] == "regressed"
+
+
+def test_drift_ten_times_higher_is_a_regression_and_a_small_wobble_is_not():
+    a = [row("A", "kernels", "op/c", "v1", "k", "calc_diff", 2e-6, reference="fp64")]
+    assert (
+        _verdict(a, [row("B", "kernels", "op/c", "v1", "k", "calc_diff", 2e-5, reference="fp64")], "calc_diff")[
+            "verdict"
+        ]
+        == "regressed"
+    )
+    assert (
+        _verdict(a, [row("B", "kernels", "op/c", "v1", "k", "calc_diff", 2.6e-6, reference="fp64")], "calc_diff")[
+            "verdict"
+        ]
+        == "same"
+    )
+
+
+def test_gsm8k_three_points_lower_over_1319_questions_paired():
+    rng = random.Random(9)
+    a = [1.0 if rng.random() < 0.95 else 0.0 for _ in range(1319)]
+    b = list(a)
+    right = [i for i, x in enumerate(b) if x == 1.0]
+    for i in rng.sample(right, 40):  # 40 of the right answers flip to wrong: about 3 points
+        b[i] = 0.0
+    mk = lambda run, s: row(
+        run,
+        "accuracy",
+        "gsm8k/lm_eval",
+        "v1",
+        "server",
+        "gsm8k_acc",
+        sum(s) / len(s),  # noqa: E731
+        better="higher",
+        samples=s,
+    )
+    v = _verdict([mk("A", a)], [mk("B", b)], "gsm8k_acc")
+    assert v["verdict"] == "regressed" and v["p_value"] < 1e-6
+
+
+def test_status_changes_and_alignment():
+    ok = row("A", "kernels", "op/c", "v1", "k", "outcome", 1.0, unit="s")
+    crashed = row("B", "kernels", "op/c", "v1", "k", "outcome", float("nan"), unit="s", status="crashed")
+    assert _verdict([ok], [crashed], "outcome")["verdict"] == "failed"
+    assert _verdict([{**crashed, "run_id": "A"}], [{**ok, "run_id": "B"}], "outcome")["verdict"] == "fixed"
+    changed_case = {**ok, "run_id": "B", "case_version": "v2"}
+    assert _verdict([ok], [changed_case], "outcome")["verdict"] == "not comparable"
+    other = row("B", "kernels", "op/d", "v1", "k", "outcome", 1.0, unit="s")
+    r = compare(_frame([ok]), _frame([other]))
+    assert dict(zip(r["case"], r["verdict"])) == {"op/c": "missing", "op/d": "new"}
+
+
+def test_markdown_lists_what_changed():
+    a = [_timing("A", 100.0, 0.005, seed=1)]
+    b = [_timing("B", 110.0, 0.005, seed=2)]
+    md = to_markdown(compare(_frame(a), _frame(b)), "B against A")
+    assert "1 regressed" in md and "| regressed | op/c | sglang.triton |" in md
