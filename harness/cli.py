@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help="every aligned row, as JSON on stdout")
     cmp.add_argument("--md", type=Path, help="write the changed rows as Markdown")
     cmp.add_argument("--html", type=Path, help="write the comparison as an HTML page")
+    gate = sub.add_parser("gate", help="fail a candidate run against a baseline and the profile's thresholds")
+    gate.add_argument("--baseline", required=True)
+    gate.add_argument("--candidate", default="latest")
+    gate.add_argument("--suite", type=Path, help="profile with the thresholds (default: the candidate's)")
+    gate.add_argument("--store", type=Path, default=Path("runs"))
+    gate.add_argument("--kernels-dir", type=Path)
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", type=Path, default=Path("runs"))
     runs.add_argument("--json", action="store_true")
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "gate":
+            return cmd_gate(args)
         return cmd_runs(args)
     except BrokenPipeError:
         return EXIT_OK
@@ -112,6 +120,36 @@ def cmd_compare(args) -> int:
         shown = result if args.all else result[result["verdict"] != "same"]
         print(md if not args.all else shown.to_string(index=False))
     return EXIT_OK
+
+
+def cmd_gate(args) -> int:
+    from harness import audit
+    from harness.catalogue import CatalogueError, discover
+    from harness.ceilings import breaches
+    from harness.content import content_dir
+    from harness.gate import gate, markdown
+    from harness.profile import ProfileError, load_profile, select
+    from harness.store import StoreError, resolve
+
+    try:
+        base, cand = resolve(args.store, args.baseline), resolve(args.store, args.candidate)
+        stored_profile = Path(cand.manifest.get("profile", {}).get("file", ""))
+        suite = args.suite or (stored_profile if stored_profile.is_file() else content_dir("suites") / "smoke.toml")
+        profile = load_profile(suite)
+        ops = discover(args.kernels_dir or content_dir("kernels"))
+        has_gpu = bool((cand.manifest.get("fingerprint", {}).get("gpu") or {}).get("count"))
+        ceilings = {s.op.name: {**audit.CEILINGS, **s.ceilings} for s in select(profile, ops, has_gpu=has_gpu)}
+    except (StoreError, ProfileError, CatalogueError, FileNotFoundError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    findings = gate(base.measurements, cand.measurements, breaches(cand.measurements, ceilings), profile.gate)
+    md = markdown(findings, f"{cand.run_id} against {base.run_id} ({profile.file})")
+    print(md)
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        with open(summary_file, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    return EXIT_GATE if any(f.allowed_by is None for f in findings) else EXIT_OK
 
 
 def cmd_runs(args) -> int:

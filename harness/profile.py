@@ -21,6 +21,7 @@ import fnmatch
 import hashlib
 import sys
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,32 @@ class KernelsConfig:
 
 
 @dataclass
+class Allow:
+    """A known-flaky row the gate lets pass until a date: fnmatch patterns on case, impl and metric."""
+
+    case: str
+    impl: str
+    metric: str
+    until: str  # ISO date; the entry stops counting the day after
+    why: str
+
+
+@dataclass
+class GateConfig:
+    perf_regression: float = 0.05  # a significant slowdown (or throughput drop) past this fails
+    drift_factor: float = 2.0  # drift this many times the baseline's fails
+    gsm8k_floor: float | None = None  # an absolute accuracy floor, checked on the candidate
+    allow: list[Allow] = field(default_factory=list)
+
+
+@dataclass
 class Profile:
     file: Path
     name: str
     description: str
     sha256: str
     kernels: KernelsConfig | None
+    gate: GateConfig = field(default_factory=lambda: GateConfig())
 
     def manifest(self) -> dict[str, Any]:
         return {"file": str(self.file), "name": self.name, "sha256": self.sha256}
@@ -119,7 +140,7 @@ def load_profile(file: Path | str) -> Profile:
         data = tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{file}: not valid TOML: {exc}") from exc
-    _check_keys(file, "top level", data, {"name", "description", "kernels"})
+    _check_keys(file, "top level", data, {"name", "description", "kernels", "gate"})
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise _err(file, "name", "required, a non-empty string")
     kernels = None
@@ -131,7 +152,35 @@ def load_profile(file: Path | str) -> Profile:
         description=str(data.get("description", "")),
         sha256=hashlib.sha256(raw).hexdigest(),
         kernels=kernels,
+        gate=_gate(file, data.get("gate", {})),
     )
+
+
+def _gate(file: Path, t: Any) -> GateConfig:
+    if not isinstance(t, dict):
+        raise _err(file, "gate", "expected a table")
+    _check_keys(file, "[gate]", t, {"perf_regression", "drift_factor", "gsm8k_floor", "allow"})
+    cfg = GateConfig()
+    for k in ("perf_regression", "drift_factor", "gsm8k_floor"):
+        if k in t:
+            setattr(cfg, k, _number(file, f"[gate].{k}", t[k], positive=True))
+    for i, a in enumerate(t.get("allow", [])):
+        where = f"[gate].allow[{i}]"
+        if not isinstance(a, dict):
+            raise _err(file, where, "expected { case, impl, metric, until, why }")
+        _check_keys(file, where, a, {"case", "impl", "metric", "until", "why"})
+        missing = {"case", "until", "why"} - set(a)
+        if missing:
+            raise _err(file, f"{where}.{sorted(missing)[0]}", "required")
+        until = a["until"]
+        try:
+            until = date.fromisoformat(str(until)).isoformat()
+        except ValueError as exc:
+            raise _err(file, f"{where}.until", f"expected a date YYYY-MM-DD, got {until!r}") from exc
+        cfg.allow.append(
+            Allow(str(a["case"]), str(a.get("impl", "*")), str(a.get("metric", "*")), until, str(a["why"]))
+        )
+    return cfg
 
 
 def _kernels(file: Path, t: Any) -> KernelsConfig:
