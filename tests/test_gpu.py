@@ -52,3 +52,31 @@ def test_fallbacks_within_ceilings_against_oracle_and_goldens(gpu_run):
         ratio = m[(m["impl"] == impl) & (m["metric"] == "rmse_ratio")]
         goldens = {"flashinfer.fa2"} | ({"flashmla.legacy"} if cap == (9, 0) else set())
         assert set(ratio["reference"]) == goldens and (ratio["value"] < 4).all()
+
+
+def test_timing_side_by_side_against_the_roofline(tmp_path):
+    """Every path timed in one run: samples kept, CUDA graphs taken, the roofline and the ratio to
+    each golden kernel stored."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    needs_sglang()
+    prof = tmp_path / "t.toml"
+    prof.write_text(
+        'name = "t"\n[kernels]\ncases = ["b8_h64_swa128_c4x512", "b32_h32_swa128_c4x512"]\n'
+        "timing = { repeats = 20, warmup = 3, cuda_graph = true }\n"
+    )
+    r = run_cli(
+        ["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--only", "mla_sparse_decode"], timeout=1800
+    )
+    (run,) = list_runs(tmp_path / "runs")
+    m = run.measurements
+    t = m[m["metric"] == "time_us"]
+    timed = {"sglang.triton", "sglang.torch", "flashinfer.fa2"} | (
+        {"flashmla.legacy"} if tuple(torch.cuda.get_device_capability(0)) == (9, 0) else set()
+    )
+    assert set(t["impl"]) == timed, r.stderr[-3000:]
+    assert all(len(s) == 20 for s in t["samples"]) and (t["value"] > 0).all()
+    assert (m[m["metric"] == "roofline_frac"]["value"].between(0, 1.5)).all()
+    ratio = m[(m["metric"] == "time_ratio") & (m["impl"] == "sglang.triton")]
+    assert len(ratio) == 2 * (len(timed) - 2) and (ratio["value"] > 0).all()
