@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--suite", type=Path, help="profile with the thresholds (default: the candidate's)")
     gate.add_argument("--store", type=Path, default=Path("runs"))
     gate.add_argument("--kernels-dir", type=Path)
+    report = sub.add_parser("report", help="render the store as a static site (runs, comparison, history)")
+    report.add_argument("--store", type=Path, default=Path("runs"))
+    report.add_argument("--out", type=Path, help="site folder (default: <store>/site)")
+    report.add_argument("--kernels-dir", type=Path)
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", type=Path, default=Path("runs"))
     runs.add_argument("--json", action="store_true")
@@ -81,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(args)
         if args.command == "gate":
             return cmd_gate(args)
+        if args.command == "report":
+            from harness.report import build
+
+            index = build(args.store, args.out or args.store / "site", args.kernels_dir)
+            print(index)
+            return EXIT_OK
         return cmd_runs(args)
     except BrokenPipeError:
         return EXIT_OK
@@ -211,7 +221,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     from harness.ceilings import breaches
     from harness.console import Progress, audit_summary, summary
     from harness.content import content_dir
-    from harness.fingerprint import fingerprint, redact
+    from harness.fingerprint import fingerprint, redact, sglang_git
     from harness.page import render_run
     from harness.parity import Settings, run_kernels
     from harness.store import RunWriter, StoreError, load_run
@@ -226,6 +236,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
                 "fingerprint": fp,
                 "argv": redact(sys.argv),
                 "suites": [suite],
+                "git": sglang_git(),
                 "server": None,
             },
         )

@@ -147,6 +147,24 @@ def _sglang_generated(field: str) -> str | None:
     return m.group(1) if m else None
 
 
+def sglang_git() -> dict[str, str | None]:
+    """Branch and commit subject of the SGLang under test: from the CI's environment (a pull request's
+    head branch) or the checkout. Untrusted text: pages escape it."""
+    from harness.op import Unavailable
+    from harness.sglang_src import sglang_root
+
+    branch = os.environ.get("SGLANG_GIT_BRANCH") or os.environ.get("GITHUB_HEAD_REF") or None
+    message = os.environ.get("SGLANG_GIT_MESSAGE")
+    try:
+        root = sglang_root()
+    except Unavailable:
+        root = None
+    if root is not None and _git_head(root, top=(root, root.parent)):
+        branch = branch or _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+        message = message or _git(root, "log", "-1", "--format=%s")
+    return {"branch": branch, "message": message}
+
+
 def fingerprint() -> dict[str, Any]:
     commit, commit_source = sglang_commit()
     packages = {key: _version(dist) for dist, key in PACKAGES.items()}

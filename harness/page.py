@@ -3,6 +3,7 @@ branch names and error texts are untrusted)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from harness.op import ORACLE
 from harness.store import Run, atomic_write
 
 
-def _env() -> jinja2.Environment:
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:  # one Environment, so each template is compiled once
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(content_dir("reports"))),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -27,30 +29,31 @@ def _env() -> jinja2.Environment:
 
 def _table(df: pd.DataFrame, over: set) -> list[dict]:
     """A row per (case, path) with its status, its drift against the oracle and against each golden."""
+    ref = df["reference"].where(df["reference"].notna(), None)  # pandas 3 reads nulls as NaN
+    figures: dict[tuple[str, str], list[dict]] = {}
+    for case, impl, r, metric, value in zip(df["case"], df["impl"], ref, df["metric"], df["value"]):
+        if metric != "outcome":
+            figures.setdefault((case, impl), []).append(
+                {"metric": metric, "reference": r, "value": value, "over": (case, impl, r or "", metric) in over}
+            )
     out = []
-    for _, o in df[df["metric"] == "outcome"].iterrows():
-        sub = df[(df["case"] == o["case"]) & (df["impl"] == o["impl"]) & (df["metric"] != "outcome")]
-        detail = json.loads(o["detail"] or "{}")
-        metrics = [
-            {
-                "metric": m["metric"],
-                "reference": None if pd.isna(m["reference"]) else m["reference"],  # pandas 3 reads nulls as NaN
-                "value": m["value"],
-                "over": (o["case"], o["impl"], "" if pd.isna(m["reference"]) else m["reference"], m["metric"]) in over,
-            }
-            for _, m in sub.iterrows()
-        ]
+    o = df[df["metric"] == "outcome"]
+    for case, impl, status, seconds, detail in zip(o["case"], o["impl"], o["status"], o["value"], o["detail"]):
+        detail = json.loads(detail or "{}")
         out.append(
             {
-                "case": o["case"],
-                "impl": o["impl"],
-                "status": o["status"],
-                "seconds": o["value"],
+                "case": case,
+                "impl": impl,
+                "status": status,
+                "seconds": seconds,
                 "golden": detail.get("golden", False),
                 "error": detail.get("error"),
                 "log_tail": detail.get("log_tail"),
-                "metrics": metrics,
-                "headline": {m["metric"]: m["value"] for m in metrics if m["reference"] == ORACLE},
+                "metrics": figures.get((case, impl), []),
+                # looked up by the template, column by column
+                "oracle": {m["metric"]: m for m in figures.get((case, impl), []) if m["reference"] == ORACLE},
+                "plain": {m["metric"]: m for m in figures.get((case, impl), []) if m["reference"] is None},
+                "goldens": [m for m in figures.get((case, impl), []) if m["reference"] not in (None, ORACLE)],
             }
         )
     return out

@@ -1,0 +1,173 @@
+"""The static site of a store: an index of runs, a page per run, the latest comparison, and history
+plots (matplotlib images). Run metadata (commit messages, branch names) is untrusted: every template
+is autoescaped.
+
+    <out>/index.html             runs, newest first; history; the latest run against the one before it
+    <out>/runs/<run_id>.html     one page per run (harness/page.py)
+    <out>/img/*.png              drift per op x path over runs; kernel time over runs; % of roofline
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from harness.ceilings import breaches, default_ceilings
+from harness.compare import compare
+from harness.page import _env, render_run
+from harness.store import Run, atomic_write, list_runs
+
+HISTORY = 60  # runs shown in the history plots
+
+
+def _ceilings(kernels_dir: Path | None) -> dict[str, dict[str, float]]:
+    from harness import audit
+    from harness.catalogue import CatalogueError, discover
+    from harness.content import content_dir
+
+    try:
+        ops = discover(kernels_dir or content_dir("kernels"))
+    except (CatalogueError, FileNotFoundError):
+        return {}
+    return {name: {**audit.CEILINGS, **default_ceilings(op.dtype)} for name, op in ops.items()}
+
+
+def _label(run: Run) -> str:
+    commit = (run.manifest.get("fingerprint", {}) or {}).get("sglang_commit") or ""
+    return f"{run.manifest.get('started_at', '')[:10]} {commit[:7]}".strip()
+
+
+def _plot_drift(runs: list[Run], out: Path) -> Path | None:
+    """Heatmap: the worst calc_diff against fp64 of each op/path (over its cases), per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = {}
+    for r in runs:
+        m = r.measurements
+        d = m[(m["metric"] == "calc_diff") & (m["reference"] == "fp64") & (m["status"] == "ok")]
+        if d.empty:
+            continue
+        key = d["case"].str.split("/").str[0] + " / " + d["impl"]
+        cols[r.run_id] = d.groupby(key)["value"].max()
+    if not cols:
+        return None
+    grid = pd.DataFrame(cols)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * grid.shape[1] + 3), 0.45 * grid.shape[0] + 1.5))
+    im = ax.imshow(grid.clip(lower=1e-12).map(math.log10).values, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)
+    ax.set_xticks(range(grid.shape[1]), [r[:15] for r in grid.columns], rotation=90, fontsize=6)
+    ax.set_title("worst calc_diff vs fp64 (log10), per run")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def _plot_time(runs: list[Run], out: Path) -> Path | None:
+    """Kernel time over runs: per op/path, the geometric mean of time_us over its cases."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for i, r in enumerate(runs):
+        m = r.measurements
+        t = m[(m["metric"] == "time_us") & (m["status"] == "ok") & (m["value"] > 0)]
+        key = t["case"].str.split("/").str[0] + " / " + t["impl"]
+        for k, v in t.groupby(key)["value"]:
+            series.setdefault(k, []).append((i, math.exp(v.map(math.log).mean())))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for k, pts in sorted(series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=k)
+    ax.set_yscale("log")
+    ax.set_xlabel("run (oldest to newest)")
+    ax.set_ylabel("geomean kernel time (us)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def _plot_roofline(run: Run, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = run.measurements
+    r = m[(m["metric"] == "roofline_frac") & (m["status"] == "ok")]
+    if r.empty:
+        return None
+    key = r["case"].str.split("/").str[0] + " / " + r["impl"]
+    best = r.groupby(key)["value"].max().sort_values()
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(best) + 1.5))
+    ax.barh(best.index, 100 * best.values)
+    ax.set_xlabel("% of roofline (best case)")
+    ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
+    runs = sorted(list_runs(store), key=lambda r: r.manifest.get("started_at", ""))
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "img").mkdir(exist_ok=True)
+    ceilings = _ceilings(kernels_dir)
+    rows = []
+    for r in runs:
+        over = breaches(r.measurements, ceilings) if not r.measurements.empty else r.measurements
+        page = out / "runs" / f"{r.run_id}.html"
+        if not page.exists() or r.run_id == runs[-1].run_id:  # finished runs never change
+            render_run(r, over, page)
+        o = r.measurements[r.measurements["metric"] == "outcome"] if not r.measurements.empty else r.measurements
+        rows.append(
+            {
+                "run": r.manifest,
+                "label": _label(r),
+                "over": len(over),
+                "failed": int(o["status"].isin(["failed", "crashed", "timeout"]).sum()) if len(o) else 0,
+            }
+        )
+    recent = runs[-HISTORY:]
+    images = [
+        p
+        for p in (
+            _plot_drift(recent, out / "img" / "drift.png"),
+            _plot_time(recent, out / "img" / "time.png"),
+            _plot_roofline(runs[-1], out / "img" / "roofline.png") if runs else None,
+        )
+        if p
+    ]
+    latest_compare = None
+    if runs:
+        latest = runs[-1]
+        profile = latest.manifest.get("profile", {}).get("name")
+        previous = [r for r in runs[:-1] if r.manifest.get("profile", {}).get("name") == profile]
+        if previous:
+            c = compare(previous[-1].measurements, latest.measurements)
+            latest_compare = {
+                "a": previous[-1].run_id,
+                "b": latest.run_id,
+                "counts": c["verdict"].value_counts().to_dict(),
+                "rows": c[c["verdict"] != "same"].head(200).to_dict("records"),
+            }
+    html = (
+        _env()
+        .get_template("index.html.j2")
+        .render(runs=list(reversed(rows)), images=[p.name for p in images], compare=latest_compare)
+    )
+    atomic_write(out / "index.html", html.encode())
+    return out / "index.html"
