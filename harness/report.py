@@ -120,6 +120,87 @@ def _plot_roofline(run: Run, out: Path) -> Path | None:
     return out
 
 
+def _plot_throughput(runs: list[Run], out: Path) -> Path | None:
+    """Serving throughput: output tok/s against concurrency, a line per commit (the last 8 runs), and
+    each concurrency over runs with its interquartile band from the repeats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = []
+    for i, r in enumerate(runs):
+        m = r.measurements
+        t = m[(m["metric"] == "output_tok_s") & (m["status"] == "ok")]
+        for case, value, samples in zip(t["case"], t["value"], t["samples"]):
+            conc = case.rsplit("/c", 1)[-1]
+            if conc.isdigit():
+                s = list(samples) if samples is not None and len(samples) else [value]
+                points.append((i, _label(r), case.rsplit("/", 1)[0], int(conc), value, min(s), max(s)))
+    if not points:
+        return None
+    df = pd.DataFrame(points, columns=["run", "label", "shape", "conc", "value", "lo", "hi"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (_, label, shape), g in df[df["run"] >= df["run"].max() - 7].groupby(["run", "label", "shape"]):
+        g = g.sort_values("conc")
+        left.plot(g["conc"], g["value"], marker="o", markersize=3, label=f"{label} {shape}")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrency")
+    left.set_ylabel("output tok/s")
+    left.legend(fontsize=6)
+    for (shape, conc), g in df.groupby(["shape", "conc"]):
+        g = g.sort_values("run")
+        right.plot(g["run"], g["value"], label=f"{shape} c{conc}")
+        right.fill_between(g["run"], g["lo"], g["hi"], alpha=0.2)
+    right.set_xlabel("run (oldest to newest)")
+    right.set_ylabel("output tok/s (band: min-max of repeats)")
+    right.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def _plot_accuracy(runs: list[Run], out: Path) -> Path | None:
+    """GSM8K accuracy over runs with its 95% Wilson interval (from the per-question samples)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.stats import wilson_interval
+
+    points = []
+    for i, r in enumerate(runs):
+        m = r.measurements
+        a = m[(m["metric"] == "gsm8k_acc") & (m["status"] == "ok")]
+        for case, value, samples in zip(a["case"], a["value"], a["samples"]):
+            n = len(samples) if samples is not None else 0
+            lo, hi = wilson_interval(round(value * n), n) if n else (value, value)
+            points.append((i, case, value, lo, hi))
+    if not points:
+        return None
+    df = pd.DataFrame(points, columns=["run", "case", "value", "lo", "hi"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for case, g in df.groupby("case"):
+        ax.errorbar(
+            g["run"],
+            g["value"],
+            yerr=[g["value"] - g["lo"], g["hi"] - g["value"]],
+            marker="o",
+            markersize=3,
+            capsize=2,
+            label=case,
+        )
+    ax.set_xlabel("run (oldest to newest)")
+    ax.set_ylabel("GSM8K accuracy (95% Wilson)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
     runs = sorted(list_runs(store), key=lambda r: r.manifest.get("started_at", ""))
     out = Path(out)
@@ -142,15 +223,15 @@ def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
             }
         )
     recent = runs[-HISTORY:]
-    images = [
-        p
-        for p in (
-            _plot_drift(recent, out / "img" / "drift.png"),
-            _plot_time(recent, out / "img" / "time.png"),
-            _plot_roofline(runs[-1], out / "img" / "roofline.png") if runs else None,
-        )
-        if p
-    ]
+    img = out / "img"
+    plots = (
+        _plot_throughput(recent, img / "throughput.png"),
+        _plot_accuracy(recent, img / "gsm8k.png"),
+        _plot_drift(recent, img / "drift.png"),
+        _plot_time(recent, img / "time.png"),
+        _plot_roofline(runs[-1], img / "roofline.png") if runs else None,
+    )
+    images = [p for p in plots if p]
     latest_compare = None
     if runs:
         latest = runs[-1]

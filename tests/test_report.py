@@ -86,3 +86,53 @@ def test_opens_in_headless_chromium_without_console_errors(site, tmp_path):
     assert "<h1>sm120-harness</h1>" in r.stdout
     assert "alert('x')" in r.stdout and "<script>alert" not in r.stdout  # shown as text, never run
     assert "Uncaught" not in r.stderr and ":ERROR:CONSOLE" not in r.stderr
+
+
+def test_serving_history_plots_from_measurement_rows(tmp_path):
+    """tok/s against concurrency and over runs, and GSM8K with its Wilson interval, drawn from the
+    rows the serving suites store (synthetic here: the serving suites come later)."""
+    import random
+
+    from harness.store import RunWriter, row
+
+    rng = random.Random(0)
+    for day in range(3):
+        w = RunWriter.create(tmp_path / "runs", {"profile": {"name": "nightly"}, "fingerprint": {}})
+        w.manifest["started_at"] = f"2026-11-0{day + 1}T00:00:00+00:00"
+        rows = []
+        for c in (1, 2, 4, 8):
+            s = [100.0 * c * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(3)]
+            rows.append(
+                row(
+                    w.run_id,
+                    "perf",
+                    f"perf/in128_out256/c{c}",
+                    "v1",
+                    "server",
+                    "output_tok_s",
+                    sum(s) / 3,
+                    better="higher",
+                    samples=s,
+                )
+            )
+        answers = [1.0 if rng.random() < 0.95 else 0.0 for _ in range(1319)]
+        rows.append(
+            row(
+                w.run_id,
+                "accuracy",
+                "gsm8k/lm_eval",
+                "v1",
+                "server",
+                "gsm8k_acc",
+                sum(answers) / 1319,
+                better="higher",
+                samples=answers,
+            )
+        )
+        w.add(rows)
+        w.finish("complete")
+    html = build(tmp_path / "runs", tmp_path / "site", OPS).read_text()
+    for img in ("throughput.png", "gsm8k.png"):
+        assert f'src="img/{img}"' in html
+        assert (tmp_path / "site" / "img" / img).read_bytes()[:4] == b"\x89PNG"
+    assert 'src="img/drift.png"' not in html  # no kernel rows: no drift history drawn
