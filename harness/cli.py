@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--store", type=Path, default=Path("runs"))
     report.add_argument("--out", type=Path, help="site folder (default: <store>/site)")
     report.add_argument("--kernels-dir", type=Path)
+    nightly = sub.add_parser(
+        "nightly", help="run a profile's suites, audit, gate against the last nightly, render the site"
+    )
+    nightly.add_argument("--suite", type=Path, required=True)
+    nightly.add_argument("--store", type=Path, default=Path("runs"))
+    nightly.add_argument("--kernels-dir", type=Path)
+    nightly.add_argument("--site", type=Path, help="site folder (default: <store>/site)")
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", type=Path, default=Path("runs"))
     runs.add_argument("--json", action="store_true")
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(args)
         if args.command == "gate":
             return cmd_gate(args)
+        if args.command == "nightly":
+            return cmd_nightly(args)
         if args.command == "report":
             from harness.report import build
 
@@ -130,6 +139,43 @@ def cmd_compare(args) -> int:
         shown = result if args.all else result[result["verdict"] != "same"]
         print(md if not args.all else shown.to_string(index=False))
     return EXIT_OK
+
+
+def cmd_nightly(args) -> int:
+    """The nightly job: the kernel suite and the audit as two runs of the store, the kernel run gated
+    against the previous run of the same profile, then the site. Exit: the worst of the steps."""
+    from harness.profile import ProfileError, load_profile
+    from harness.report import build
+    from harness.store import StoreError, list_runs
+
+    try:
+        profile = load_profile(args.suite)
+    except ProfileError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    common = ["--suite", str(args.suite), "--store", str(args.store)]
+    common += ["--kernels-dir", str(args.kernels_dir)] if args.kernels_dir else []
+    before = {r.run_id for r in list_runs(args.store)}
+    codes = [main(["run", *common]), main(["audit", *common])]
+    if EXIT_USAGE in codes or EXIT_INTERRUPTED in codes:
+        return max(codes)
+    try:
+        mine = [
+            r
+            for r in list_runs(args.store)
+            if r.manifest.get("profile", {}).get("name") == profile.name and r.manifest.get("suites") == ["kernels"]
+        ]
+    except StoreError as exc:
+        _err(str(exc))
+        return EXIT_INFRA
+    mine.sort(key=lambda r: r.manifest.get("started_at", ""))
+    new = [r for r in mine if r.run_id not in before]
+    old = [r for r in mine if r.run_id in before]
+    if new and old:
+        gate_args = ["gate", "--baseline", old[-1].run_id, "--candidate", new[-1].run_id, *common]
+        codes.append(main(gate_args))
+    print(build(args.store, args.site or args.store / "site", args.kernels_dir))
+    return EXIT_INFRA if EXIT_INFRA in codes else max(codes)
 
 
 def cmd_gate(args) -> int:

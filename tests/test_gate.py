@@ -113,3 +113,20 @@ def test_cli_gate_passes_two_runs_of_the_same_code_and_writes_the_step_summary(t
     assert r.stdout.startswith("### PASS") and summary.read_text().startswith("### PASS")
     r = run_cli(["gate", "--baseline", "nope", "--store", str(tmp_path / "runs")])
     assert r.returncode == 2 and "no run with id" in r.stderr
+
+
+def test_nightly_runs_audits_gates_and_renders(tmp_path):
+    prof = write_profile(
+        tmp_path / "n.toml",
+        'name = "n"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.toy_scale]\nimpls = ["good"]\ngoldens = ["fp64"]\n',
+    )
+    args = ["nightly", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", str(tmp_path / "runs")]
+    first = run_cli(args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "### PASS" not in first.stdout  # nothing to gate against on the first night
+    second = run_cli(args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "### PASS" in second.stdout
+    runs = [p for p in (tmp_path / "runs").iterdir() if (p / "run.json").exists()]
+    assert len(runs) == 4  # a kernel run and an audit run each night
+    assert (tmp_path / "runs" / "site" / "index.html").exists()
