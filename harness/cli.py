@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run a suite profile into the store (default: suites/smoke.toml into ./runs)")
     run.add_argument("--suite", type=Path, help="profile TOML (default: suites/smoke.toml)")
-    run.add_argument("--store", type=Path, default=Path("runs"), help="run store folder (default: ./runs)")
+    run.add_argument("--store", default="runs", help="run store: a folder or an fsspec URL (default: ./runs)")
     run.add_argument("--kernels-dir", type=Path, help="folder of op files (default: kernels/)")
     run.add_argument("--only", help="comma-separated op names")
     run.add_argument("--json", action="store_true", help="print the run's manifest and measurements on stdout")
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("baseline")
     cmp.add_argument("candidate")
-    cmp.add_argument("--store", type=Path, default=Path("runs"))
+    cmp.add_argument("--store", default="runs")
     cmp.add_argument("--all", action="store_true", help="list unchanged rows too")
     cmp.add_argument("--json", action="store_true", help="every aligned row, as JSON on stdout")
     cmp.add_argument("--md", type=Path, help="write the changed rows as Markdown")
@@ -62,21 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--baseline", required=True)
     gate.add_argument("--candidate", default="latest")
     gate.add_argument("--suite", type=Path, help="profile with the thresholds (default: the candidate's)")
-    gate.add_argument("--store", type=Path, default=Path("runs"))
+    gate.add_argument("--store", default="runs")
     gate.add_argument("--kernels-dir", type=Path)
     report = sub.add_parser("report", help="render the store as a static site (runs, comparison, history)")
-    report.add_argument("--store", type=Path, default=Path("runs"))
+    report.add_argument("--store", default="runs")
     report.add_argument("--out", type=Path, help="site folder (default: <store>/site)")
     report.add_argument("--kernels-dir", type=Path)
     nightly = sub.add_parser(
         "nightly", help="run a profile's suites, audit, gate against the last nightly, render the site"
     )
     nightly.add_argument("--suite", type=Path, required=True)
-    nightly.add_argument("--store", type=Path, default=Path("runs"))
+    nightly.add_argument("--store", default="runs")
     nightly.add_argument("--kernels-dir", type=Path)
     nightly.add_argument("--site", type=Path, help="site folder (default: <store>/site)")
     runs = sub.add_parser("runs", help="list the runs of a store")
-    runs.add_argument("--store", type=Path, default=Path("runs"))
+    runs.add_argument("--store", default="runs")
     runs.add_argument("--json", action="store_true")
     return ap
 
@@ -97,12 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from harness.report import build
 
-            index = build(args.store, args.out or args.store / "site", args.kernels_dir)
+            index = build(args.store, args.out or _site(args.store), args.kernels_dir)
             print(index)
             return EXIT_OK
         return cmd_runs(args)
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _site(store: str) -> Path:
+    """The default site folder: beside the runs of a local store, else ./site."""
+    from harness.store import is_url
+
+    return Path("site") if is_url(store) else Path(store) / "site"
 
 
 def _err(msg: str) -> None:
@@ -174,7 +181,7 @@ def cmd_nightly(args) -> int:
     if new and old:
         gate_args = ["gate", "--baseline", old[-1].run_id, "--candidate", new[-1].run_id, *common]
         codes.append(main(gate_args))
-    print(build(args.store, args.site or args.store / "site", args.kernels_dir))
+    print(build(args.store, args.site or _site(args.store), args.kernels_dir))
     return EXIT_INFRA if EXIT_INFRA in codes else max(codes)
 
 
@@ -341,6 +348,12 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     extra = audit.CEILINGS if suite == "audit" else {}
     over = breaches(run.measurements, {s.op.name: {**extra, **s.ceilings} for s in selections})
     page = render_run(run, over, writer.artifacts / "report.html")
+    if writer.publish_to:
+        try:
+            page = f"{writer.publish()}/artifacts/report.html"
+        except StoreError as exc:
+            _err(str(exc))
+            code = EXIT_INFRA
     progress.say("\n" + (audit_summary if suite == "audit" else summary)(run.measurements, over))
     m = run.measurements
     broken = m[

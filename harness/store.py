@@ -6,13 +6,18 @@
                                            survives a kill, and readers fall back to it
     <store>/<run_id>/artifacts/            worker logs, the HTML page, ...
 
-Every file is replaced atomically (written under a temporary name, then renamed)."""
+Every file is replaced atomically (written under a temporary name, then renamed).
+
+The store is a folder or any fsspec URL (`s3://bucket/runs`, `gs://...`, `file:///...`) so runners can
+share one: a run is then written to a local staging folder as above and published when it ends,
+run.json last, so a reader never sees a half-published run."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterable
@@ -21,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -62,6 +68,10 @@ STATUSES = ("ok", "failed", "crashed", "timeout")  # plus "skipped(<reason>)"
 
 class StoreError(Exception):
     pass
+
+
+def is_url(store: str | Path) -> bool:
+    return "://" in str(store)
 
 
 def now() -> str:
@@ -138,11 +148,14 @@ class RunWriter:
 
     dir: Path
     manifest: dict
+    publish_to: str | None = None  # the run's URL in a remote store, else None
 
     @classmethod
-    def create(cls, store: Path, manifest: dict) -> RunWriter:
+    def create(cls, store: str | Path, manifest: dict) -> RunWriter:
         run_id = new_run_id()
-        run_dir = Path(store) / run_id
+        remote = is_url(store)
+        local_root = Path(tempfile.mkdtemp(prefix="sm120-harness-run-")) if remote else Path(store)
+        run_dir = local_root / run_id
         try:
             (run_dir / "artifacts").mkdir(parents=True, exist_ok=False)
         except OSError as exc:
@@ -156,7 +169,7 @@ class RunWriter:
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
-        writer = cls(run_dir, manifest)
+        writer = cls(run_dir, manifest, f"{str(store).rstrip('/')}/{run_id}" if remote else None)
         writer.save_manifest()
         writer._journal = open(run_dir / "measurements.jsonl", "a", encoding="utf-8")
         return writer
@@ -193,6 +206,26 @@ class RunWriter:
         (self.dir / "measurements.jsonl").unlink()
         self.manifest.update(status=status, ended_at=now(), measurements=len(rows), **extra)
         self.save_manifest()
+
+    def publish(self) -> str:
+        """Copy a finished run to its remote store, run.json last; a local store needs nothing. If the
+        copy fails, the local staging folder is kept and named in the error."""
+        if self.publish_to is None:
+            return str(self.dir)
+        fs, root = fsspec.core.url_to_fs(self.publish_to)
+        files = sorted(p for p in self.dir.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == "run.json")
+        try:
+            for f in files:
+                target = f"{root}/{f.relative_to(self.dir).as_posix()}"
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                fs.put_file(str(f), target)
+        except Exception as exc:
+            raise StoreError(
+                f"could not publish {self.dir} to {self.publish_to}: {exc} (the run is kept in {self.dir})"
+            ) from exc
+        shutil.rmtree(self.dir.parent, ignore_errors=True)
+        return self.publish_to
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -234,7 +267,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def load_run(run_dir: Path) -> Run:
+def _load_remote(url: str) -> Run:
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        manifest = json.loads(fs.cat_file(f"{root}/run.json"))
+    except FileNotFoundError as exc:
+        raise StoreError(f"{url}: no run.json, not a run") from exc
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{url}/run.json: not valid JSON ({exc})") from exc
+    with fs.open(f"{root}/measurements.parquet", "rb") as f:
+        df = pq.read_table(f, schema=SCHEMA).to_pandas()
+    return Run(url, manifest, df)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    if is_url(run_dir):
+        return _load_remote(str(run_dir))
     run_dir = Path(run_dir)
     try:
         manifest = json.loads((run_dir / "run.json").read_text())
@@ -255,7 +303,13 @@ def load_run(run_dir: Path) -> Run:
     return Run(run_dir, manifest, df)
 
 
-def list_runs(store: Path) -> list[Run]:
+def list_runs(store: str | Path) -> list[Run]:
+    if is_url(store):
+        fs, root = fsspec.core.url_to_fs(str(store))
+        if not fs.exists(root):
+            return []
+        dirs = sorted(p for p in fs.ls(root, detail=False) if fs.exists(f"{p}/run.json"))
+        return [_load_remote(fs.unstrip_protocol(p)) for p in dirs]
     store = Path(store)
     if not store.is_dir():
         return []
@@ -266,7 +320,7 @@ def list_runs(store: Path) -> list[Run]:
     return runs
 
 
-def resolve(store: Path, ref: str) -> Run:
+def resolve(store: str | Path, ref: str) -> Run:
     """A run named by its directory, its id, `latest`, `latest:<profile>`, or an SGLang commit prefix."""
     if Path(ref).is_dir() and (Path(ref) / "run.json").exists():
         return load_run(Path(ref))

@@ -93,3 +93,50 @@ def test_finished_files_are_replaced_atomically(tmp_path):
     w.finish("complete")
     leftovers = [p for p in os.listdir(w.dir) if p.startswith(".")]
     assert leftovers == []
+
+
+def test_a_remote_store_is_published_whole_and_read_back():
+    """fsspec's in-memory filesystem stands in for object storage."""
+    store = "memory://sm120-test-store"
+    w = RunWriter.create(store, {"profile": {"name": "smoke"}, "fingerprint": {"sglang_commit": "abcdef0123"}})
+    w.add(_rows(w.run_id, 3))
+    w.finish("complete")
+    (w.dir / "artifacts" / "report.html").write_text("<html></html>")
+    url = w.publish()
+    assert url == f"{store}/{w.run_id}" and not w.dir.exists()  # the staging copy is gone
+    (run,) = list_runs(store)
+    assert run.run_id == w.run_id and run.status == "complete" and len(run.measurements) == 3
+    assert resolve(store, "abcdef0").run_id == w.run_id
+    import fsspec
+
+    assert fsspec.filesystem("memory").exists(f"/sm120-test-store/{w.run_id}/artifacts/report.html")
+
+
+def test_cli_with_a_store_url(tmp_path):
+    from tests.conftest import OPS, run_cli, write_profile
+
+    prof = write_profile(
+        tmp_path / "p.toml",
+        'name = "p"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.toy_scale]\nimpls = ["good"]\ngoldens = ["fp64"]\n',
+    )
+    url = (tmp_path / "shared").as_uri()  # file:// : the URL code path on a real filesystem
+    for _ in range(2):
+        r = run_cli(["run", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", url])
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list_runs(url)) == 2
+    r = run_cli(
+        [
+            "gate",
+            "--baseline",
+            list_runs(url)[0].run_id,
+            "--suite",
+            str(prof),
+            "--kernels-dir",
+            str(OPS),
+            "--store",
+            url,
+        ]
+    )
+    assert r.returncode == 0 and r.stdout.startswith("### PASS")
+    r = run_cli(["report", "--store", url, "--out", str(tmp_path / "site"), "--kernels-dir", str(OPS)])
+    assert r.returncode == 0 and (tmp_path / "site" / "index.html").exists()
