@@ -22,6 +22,22 @@ from harness.store import Run, atomic_write, list_runs
 HISTORY = 60  # runs shown in the history plots
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    _pyplot().close(fig)
+    return out
+
+
 def _ceilings(kernels_dir: Path | None) -> dict[str, dict[str, float]]:
     from harness import audit
     from harness.catalogue import CatalogueError, discover
@@ -41,11 +57,7 @@ def _label(run: Run) -> str:
 
 def _plot_drift(runs: list[Run], out: Path) -> Path | None:
     """Heatmap: the worst calc_diff against fp64 of each op/path (over its cases), per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     cols = {}
     for r in runs:
         m = r.measurements
@@ -63,19 +75,12 @@ def _plot_drift(runs: list[Run], out: Path) -> Path | None:
     ax.set_xticks(range(grid.shape[1]), [r[:15] for r in grid.columns], rotation=90, fontsize=6)
     ax.set_title("worst calc_diff vs fp64 (log10), per run")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _plot_time(runs: list[Run], out: Path) -> Path | None:
     """Kernel time over runs: per op/path, the geometric mean of time_us over its cases."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     series: dict[str, list[tuple[int, float]]] = {}
     for i, r in enumerate(runs):
         m = r.measurements
@@ -92,18 +97,11 @@ def _plot_time(runs: list[Run], out: Path) -> Path | None:
     ax.set_xlabel("run (oldest to newest)")
     ax.set_ylabel("geomean kernel time (us)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _plot_roofline(run: Run, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     m = run.measurements
     r = m[(m["metric"] == "roofline_frac") & (m["status"] == "ok")]
     if r.empty:
@@ -114,20 +112,13 @@ def _plot_roofline(run: Run, out: Path) -> Path | None:
     ax.barh(best.index, 100 * best.values)
     ax.set_xlabel("% of roofline (best case)")
     ax.set_xscale("log")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _plot_throughput(runs: list[Run], out: Path) -> Path | None:
     """Serving throughput: output tok/s against concurrency, a line per commit (the last 8 runs), and
     each concurrency over runs with its interquartile band from the repeats."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     points = []
     for i, r in enumerate(runs):
         m = r.measurements
@@ -155,19 +146,12 @@ def _plot_throughput(runs: list[Run], out: Path) -> Path | None:
     right.set_xlabel("run (oldest to newest)")
     right.set_ylabel("output tok/s (band: min-max of repeats)")
     right.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _plot_accuracy(runs: list[Run], out: Path) -> Path | None:
     """GSM8K accuracy over runs with its 95% Wilson interval (from the per-question samples)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     from harness.stats import wilson_interval
 
     points = []
@@ -195,10 +179,7 @@ def _plot_accuracy(runs: list[Run], out: Path) -> Path | None:
     ax.set_xlabel("run (oldest to newest)")
     ax.set_ylabel("GSM8K accuracy (95% Wilson)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
