@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.store import read_journal
+
 SM120_SHARED_BYTES = 101376  # cudaDevAttrMaxSharedMemoryPerBlockOptin on compute capability 12.0
 SM120 = ((12, 0), (12, 1))
 # instructions of SM90/SM100 that SM120 does not have: warpgroup MMA, 5th-gen tensor core and TMEM
@@ -160,22 +162,10 @@ def is_sm120_path(path) -> bool:
     return not path.golden and (path.archs is None or any(a in SM120 for a in path.archs))
 
 
-def _read_jsonl(file: Path) -> list[dict]:
-    if not file.exists():
-        return []
-    out = []
-    for line in file.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
-
-
 def run_audit(selections, writer, settings) -> None:
     """Capture, then compile; rows are written per path as soon as its kernels are compiled."""
     from harness.store import row
-    from harness.worker import Job, run_path
+    from harness.worker import Job, run_path, worker_env
 
     def add(op: str, impl: str, name: str, metric: str, value: float, **kw) -> dict:
         version = name.rsplit("/", 1)[-1] if name.count("/") >= 2 else hashlib.sha256(name.encode()).hexdigest()[:12]
@@ -208,11 +198,7 @@ def run_audit(selections, writer, settings) -> None:
                     )
                     continue
                 capture = tmp / f"{op}.{impl}.launches.jsonl"
-                env = {**os.environ, **path.env, "SM120_HARNESS_CAPTURE": str(capture)}
-                if settings.capability is None:
-                    env["TRITON_INTERPRET"] = "1"
-                if settings.slots[0] is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = settings.slots[0]
+                env = worker_env(path, settings.capability, settings.slots[0], SM120_HARNESS_CAPTURE=str(capture))
                 job = Job(
                     op_file=str(sel.op.file),
                     path=impl,
@@ -224,7 +210,7 @@ def run_audit(selections, writer, settings) -> None:
                 log = writer.artifacts / "workers" / f"audit.{op}.{impl}.log"
                 results = list(run_path(job, timeout_s=settings.timeout_s, log=log, env=env))
                 bad = [r for r in results if r.status not in ("ok",) and not r.status.startswith("skipped")]
-                records = _read_jsonl(capture)
+                records = read_journal(capture)
                 errors = [r["error"] for r in records if "error" in r]
                 todo = {}
                 for launch in (r for r in records if "error" not in r):
@@ -285,7 +271,7 @@ def _compile_rows(todo: list[dict], stem: Path, settings, add) -> list[dict]:
         )
     except subprocess.TimeoutExpired:
         crash = "compiler process timed out"
-    found = {f["key"]: f for f in _read_jsonl(findings)}
+    found = {f["key"]: f for f in read_journal(findings)}
     rows = []
     for v in todo:
         k = key(v)

@@ -277,7 +277,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     from harness.fingerprint import fingerprint, redact, sglang_git
     from harness.page import render_run
     from harness.parity import Settings, run_kernels
-    from harness.store import RunWriter, StoreError, load_run
+    from harness.store import FAILURES, RunWriter, StoreError, load_run
     from harness.worker import kill_all
 
     fp = fingerprint()
@@ -356,9 +356,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
             code = EXIT_INFRA
     progress.say("\n" + (audit_summary if suite == "audit" else summary)(run.measurements, over))
     m = run.measurements
-    broken = m[
-        m["status"].isin(["failed", "crashed", "timeout"]) & ((m["metric"] == "outcome") | (m["suite"] == "audit"))
-    ]
+    broken = m[m["status"].isin(FAILURES) & ((m["metric"] == "outcome") | (m["suite"] == "audit"))]
     if code == EXIT_OK and (len(over) or len(broken)):
         code = EXIT_GATE
         progress.say(f"\n{len(over)} measurement(s) over a ceiling, {len(broken)} path x case failed")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness import stats
+from harness.console import fmt
+from harness.store import FAILURES
 
 KEY = ["suite", "case", "impl", "reference", "metric"]
 ALPHA = 0.05
@@ -128,7 +130,7 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
             verdict, reason = "not comparable", "the case changed"
         else:
             sa, sb = r["status_a"], r["status_b"]
-            bad = ("failed", "crashed", "timeout")
+            bad = FAILURES
             if sb in bad:
                 verdict, reason = "failed", sb if sa not in bad else f"{sb}, as in the baseline"
             elif sa in bad and sb == "ok":
@@ -167,14 +169,10 @@ def to_markdown(result: pd.DataFrame, title: str) -> str:
             r["impl"],
             r["reference"],
             r["metric"],
-            _num(r["baseline"]),
-            _num(r["candidate"]),
+            fmt(r["baseline"]),
+            fmt(r["candidate"]),
             "" if math.isnan(r["change"]) else f"{r['change']:+.1%}",
             r["reason"],
         ]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
-
-
-def _num(v) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.4g}"

@@ -3,7 +3,6 @@ isolated workers, and measure each implementation's drift as its outputs arrive.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading
@@ -21,7 +20,7 @@ from harness.op import ORACLE, Case
 from harness.profile import Selection
 from harness.roofline import Timing, peaks, roofline
 from harness.store import RunWriter, row
-from harness.worker import Job, Result, output_file, run_path
+from harness.worker import Job, Result, output_file, run_path, worker_env
 
 SUITE = "kernels"
 
@@ -113,11 +112,7 @@ class _OpRun:
             for case in todo:
                 self._record(case, name, Result(case.name, f"skipped({reason})", 0.0), [])
             return
-        env = {**os.environ, **path.env}
-        if self.s.capability is None:
-            env["TRITON_INTERPRET"] = "1"
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
+        env = worker_env(path, self.s.capability, slot)
         job = Job(
             op_file=str(self.op.file),
             path=name,

@@ -17,7 +17,7 @@ import pandas as pd
 from harness.ceilings import breaches, default_ceilings
 from harness.compare import compare
 from harness.page import _env, render_run
-from harness.store import Run, atomic_write, list_runs
+from harness.store import FAILURES, Run, atomic_write, list_runs
 
 HISTORY = 60  # runs shown in the history plots
 
@@ -200,7 +200,7 @@ def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
                 "run": r.manifest,
                 "label": _label(r),
                 "over": len(over),
-                "failed": int(o["status"].isin(["failed", "crashed", "timeout"]).sum()) if len(o) else 0,
+                "failed": int(o["status"].isin(FAILURES).sum()) if len(o) else 0,
             }
         )
     recent = runs[-HISTORY:]

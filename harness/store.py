@@ -63,7 +63,7 @@ SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
-STATUSES = ("ok", "failed", "crashed", "timeout")  # plus "skipped(<reason>)"
+FAILURES = ("failed", "crashed", "timeout")  # the statuses that fail a run; else "ok", "skipped(<reason>)"
 
 
 class StoreError(Exception):

@@ -52,6 +52,17 @@ class Result:
     detail: dict = field(default_factory=dict)
 
 
+def worker_env(path, capability: tuple[int, int] | None, slot: str | None, **extra: str) -> dict[str, str]:
+    """A worker's environment: the path's own knobs (SGLang reads some at import), Triton's interpreter
+    where there is no GPU, the GPU of its slot."""
+    env = {**os.environ, **path.env, **extra}
+    if capability is None:
+        env["TRITON_INTERPRET"] = "1"
+    if slot is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot
+    return env
+
+
 def output_file(outdir: Path | str, case: str, path: str) -> Path:
     return Path(outdir) / case / f"{path}.safetensors"
 
@@ -208,7 +219,7 @@ def child(job_file: str) -> int:
 
     from harness.catalogue import load_op_file
     from harness.inputs import cached_inputs, digest, to_device
-    from harness.op import Unavailable
+    from harness.op import ORACLE, Unavailable
     from harness.triton_capture import install_from_env
 
     install_from_env()
@@ -235,7 +246,7 @@ def child(job_file: str) -> int:
             save_file(out, str(tmp))
             os.replace(tmp, target)
             detail = {}
-            if job.timing and job.device == "cuda" and not path.name == "fp64":
+            if job.timing and job.device == "cuda" and path.name != ORACLE:  # the oracle is not a kernel
                 detail = _time(path, dev_inputs, cases[name], job.timing)
             emit(event="result", case=name, status="ok", seconds=seconds, digest=dig, detail=detail)
         except Unavailable as exc:

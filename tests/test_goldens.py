@@ -23,9 +23,9 @@ def _run(tmp, name, args, env=None):
     return r, load_run(next(store.iterdir())).measurements
 
 
-def _replay(tmp, prof, name, env=None):
+def _replay(tmp, prof, name, env=None, source="stored"):
     args = ["--suite", str(prof), "--kernels-dir", str(OPS), "--only", "toy_scale"]
-    return _run(tmp, name, [*args, "--golden-dir", str(tmp / "golden"), "--golden-source", "stored"], env=env)
+    return _run(tmp, name, [*args, "--golden-dir", str(tmp / "golden"), "--golden-source", source], env=env)
 
 
 def _drift(m):
@@ -74,18 +74,8 @@ def test_capture_writes_manifests_and_an_index(captured):
 
 def test_replay_gives_the_same_drift_figures(captured):
     tmp, prof = captured
-    common = [
-        "--suite",
-        str(prof),
-        "--kernels-dir",
-        str(OPS),
-        "--only",
-        "toy_scale",
-        "--golden-dir",
-        str(tmp / "golden"),
-    ]
-    _, live = _run(tmp, "live", [*common, "--golden-source", "live"])
-    _, stored = _run(tmp, "stored", [*common, "--golden-source", "stored"])
+    _, live = _replay(tmp, prof, "live", source="live")
+    _, stored = _replay(tmp, prof, "stored")
     assert _drift(live) and _drift(live) == _drift(stored)
     sources = {json.loads(d).get("reference_source") for d in stored[stored["metric"] == "calc_diff"]["detail"]}
     assert len(sources) == 1 and next(iter(sources)).startswith("stored:")
