@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from harness.ceilings import CALC_DIFF, default_ceilings
 from harness.op import ORACLE, Case
 from harness.op import Path as OpPath
 
@@ -31,8 +32,17 @@ class Op:
         return self.module.DTYPE
 
     @property
-    def primary(self) -> str:
+    def primary(self) -> str | None:
         return self.module.PRIMARY
+
+    @property
+    def ceilings(self) -> dict[str, float]:
+        """The DTYPE's default ceilings with the op's own over them."""
+        return {**default_ceilings(self.dtype), **getattr(self.module, "CEILINGS", {})}
+
+    def metrics(self, outputs, oracle, inputs, case) -> list:
+        fn = getattr(self.module, "metrics", None)
+        return fn(outputs, oracle, inputs, case) if fn else []
 
     @property
     def tolerance(self) -> tuple[float, float]:
@@ -82,6 +92,12 @@ def load_op_file(file: Path) -> Op:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise CatalogueError(f"{file}: PATHS: duplicate names {dupes}")
+    if module.DTYPE not in CALC_DIFF:
+        raise CatalogueError(f"{file}: DTYPE {module.DTYPE!r} is not one of {', '.join(CALC_DIFF)}")
+    if module.PRIMARY is None and not hasattr(module, "metrics"):
+        raise CatalogueError(f"{file}: PRIMARY is None but there is no metrics() to compare the outputs")
+    if not isinstance(getattr(module, "CEILINGS", {}), dict):
+        raise CatalogueError(f"{file}: CEILINGS must be a dict of metric -> limit")
     if not any(p.golden and p.name == ORACLE for p in module.PATHS):
         raise CatalogueError(f"{file}: PATHS: no golden named {ORACLE!r} (the fp64 oracle)")
     case_names = [c.name for c in module.cases()]

@@ -1,8 +1,10 @@
 """Absolute drift ceilings, checked on a run alone (no baseline needed).
 
 Defaults follow upstream practice for calc_diff against a float64 oracle: bf16 1e-5, fp8 1e-3, fp4
-1e-2 with one fp4 operand and 2e-2 with both; a finite reference must never meet a non-finite
-candidate. Profiles override per op and metric."""
+1e-2 with one fp4 operand and 2e-2 with both; fp32 arithmetic 1e-9 and TF32 (10-bit mantissa, as
+tensor cores round fp32 operands) 1e-6; a finite reference must never meet a non-finite candidate.
+Op files add their own (CEILINGS) and profiles override per op and metric. For a metric where higher
+is better (a recall), the limit is a floor."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import math
 
 import pandas as pd
 
-CALC_DIFF = {"bf16": 1e-5, "fp8": 1e-3, "fp4": 1e-2, "fp4x2": 2e-2}
+CALC_DIFF = {"fp32": 1e-9, "tf32": 1e-6, "bf16": 1e-5, "fp8": 1e-3, "fp4": 1e-2, "fp4x2": 2e-2}
 
 
 def default_ceilings(dtype: str) -> dict[str, float]:
@@ -22,7 +24,8 @@ def default_ceilings(dtype: str) -> dict[str, float]:
 
 
 def breaches(rows: pd.DataFrame, ceilings: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Rows over their op's ceiling; `ceilings` maps op -> metric -> ceiling. NaN counts as over."""
+    """Rows past their op's limit (over a ceiling, under a floor where higher is better); `ceilings` maps
+    op -> metric -> limit. NaN counts as past."""
     if rows.empty:
         return rows
     # a ceiling bounds the drift from the fp64 oracle (or a figure with no reference, like an audit's);
@@ -32,8 +35,14 @@ def breaches(rows: pd.DataFrame, ceilings: dict[str, dict[str, float]]) -> pd.Da
         (rows["status"] == "ok")
         & (rows["reference"].isna() | rows["reference"].isin(["fp64"]) | (rows["metric"] == "rmse_ratio"))
     ]
-    op = ok["case"].str.split("/").str[0]
-    limit = [ceilings.get(o, {}).get(m, math.inf) for o, m in zip(op, ok["metric"])]
+    # keyed by op (a case's first part), or by a whole case where one case has its own limit
+    limit = [
+        ceilings.get(c, {}).get(m, ceilings.get(c.split("/")[0], {}).get(m, math.inf))
+        for c, m in zip(ok["case"], ok["metric"])
+    ]
     limit = pd.Series(limit, index=ok.index, dtype=float)
-    over = (ok["value"] > limit) | (ok["value"].isna() & limit.lt(math.inf))
+    floor = ok["better"].eq("higher") if "better" in ok else pd.Series(False, index=ok.index)
+    limit = limit.where(~floor | limit.lt(math.inf), -math.inf)  # no floor declared: none applies
+    over = ((ok["value"] > limit) & ~floor) | ((ok["value"] < limit) & floor)
+    over |= ok["value"].isna() & limit.abs().lt(math.inf)
     return ok[over].assign(ceiling=limit[over])

@@ -3,7 +3,8 @@
 An op file defines, at module level:
     OP: str                     the op's name (the first part of every case key)
     DTYPE: str                  the precision its drift is judged at ("bf16", "fp8", "fp4", "fp4x2")
-    PRIMARY: str                the output that carries the full drift metrics (others get max_abs)
+    PRIMARY: str | None         the output that carries the full drift metrics (other floating outputs get
+                                max_abs); None where no output is a plain tensor to diff (top-k indices)
     TOLERANCE: (atol, rtol)     for `frac_outside_tol`
     cases() -> list[Case]
     make_inputs(case, gen) -> dict[str, Tensor]     on the CPU, from a seeded torch.Generator
@@ -11,6 +12,10 @@ An op file defines, at module level:
 and optionally
     valid_region(inputs, case) -> dict[str, BoolTensor]   per output, where drift is measured
     cost(case) -> (bytes, flops)                           the least traffic and work, for the roofline
+    metrics(outputs, oracle, inputs, case) -> list[Metric]  what the standard drift cannot say (recall of a
+                                top-k, exact match of ids, a tail's convention), against the fp64 oracle's outputs
+    CEILINGS: dict[str, float]  the op's own limits, over the DTYPE defaults; for a metric whose `better` is
+                                "higher" (a recall) the number is a floor
 """
 
 from __future__ import annotations
