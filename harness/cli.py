@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", default="runs")
     runs.add_argument("--json", action="store_true")
+    run.add_argument("--server-url", help="attach the serving suites to this running SGLang server")
+    run.add_argument("--data-dir", type=Path, help="folder with GSM8K's test.jsonl and train.jsonl (offline)")
+    run.add_argument("--resume", metavar="RUN", help="continue this run: skip what it already measured")
     return ap
 
 
@@ -240,13 +243,16 @@ def cmd_run(args) -> int:
     from harness.catalogue import CatalogueError, discover
     from harness.content import content_dir
     from harness.profile import ProfileError, load_profile, select
+    from harness.server import ServerConfigError, check_url
 
     try:
         suite = args.suite or content_dir("suites") / "smoke.toml"
         profile = load_profile(suite)
         kernels_dir = args.kernels_dir or content_dir("kernels")
         ops = discover(kernels_dir)
-    except (ProfileError, CatalogueError, FileNotFoundError) as exc:
+        if getattr(args, "server_url", None):
+            args.server_url = check_url(args.server_url)
+    except (ProfileError, CatalogueError, FileNotFoundError, ServerConfigError) as exc:
         _err(str(exc))
         return EXIT_USAGE
 
@@ -258,8 +264,12 @@ def cmd_run(args) -> int:
     except ProfileError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    if not selections:
-        _err(f"{profile.file}: the profile selects nothing to run (no [kernels] section)")
+    serving = args.command == "run" and profile.serving
+    if getattr(args, "server_url", None) and not serving:
+        _err(f"--server-url: {profile.file} has no serving suite ([accuracy] or [perf])")
+        return EXIT_USAGE
+    if not selections and not serving:
+        _err(f"{profile.file}: the profile selects nothing to run (no [kernels], [accuracy] or [perf] section)")
         return EXIT_USAGE
     if args.command == "golden":
         for sel in selections:
@@ -272,7 +282,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
 
     from harness import audit
     from harness.ceilings import breaches
-    from harness.console import Progress, audit_summary, summary
+    from harness.console import Progress, audit_summary, serving_summary, summary
     from harness.content import content_dir
     from harness.fingerprint import fingerprint, redact, sglang_git
     from harness.page import render_run
@@ -281,18 +291,32 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     from harness.worker import kill_all
 
     fp = fingerprint()
+    serving = suite == "kernels" and args.command == "run" and profile.serving
+    suites = ([suite] if selections else []) + (
+        [n for n in ("accuracy", "perf") if getattr(profile, n) is not None] if serving else []
+    )
     try:
-        writer = RunWriter.create(
-            args.store,
-            {
-                "profile": profile.manifest(),
-                "fingerprint": fp,
-                "argv": redact(sys.argv),
-                "suites": [suite],
-                "git": sglang_git(),
-                "server": None,
-            },
-        )
+        if getattr(args, "resume", None):
+            from harness.store import resolve
+
+            old = resolve(args.store, args.resume)
+            # what was measured stays; failed units and any kernel rows of the profile are redone
+            done_units = set(old.measurements.query("metric == 'outcome' and status == 'ok'")["case"])
+            writer = RunWriter.reopen(old, lambda r: r["suite"] in ("accuracy", "perf") and r["case"] in done_units)
+            done = done_units
+        else:
+            writer = RunWriter.create(
+                args.store,
+                {
+                    "profile": profile.manifest(),
+                    "fingerprint": fp,
+                    "argv": redact(sys.argv),
+                    "suites": suites,
+                    "git": sglang_git(),
+                    "server": None,
+                },
+            )
+            done = set()
     except (StoreError, OSError) as exc:
         _err(str(exc))
         return EXIT_INFRA
@@ -309,7 +333,9 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
         if has_gpu
         else [None]
     )
-    k = profile.kernels
+    from harness.profile import KernelsConfig
+
+    k = profile.kernels or KernelsConfig()
     capture = getattr(args, "golden_command", None) == "capture"
     outputs = tempfile.TemporaryDirectory(prefix="sm120-harness-capture-") if capture else None
     settings = Settings(
@@ -333,8 +359,29 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     try:
         if suite == "audit":
             audit.run_audit(selections, writer, settings)
-        else:
+        elif selections:
             run_kernels(selections, writer, settings)
+        if serving and not settings.cancelled.is_set():
+            from harness.gsm8k import DataError
+            from harness.server import ServerConfigError, ServerError
+            from harness.serving import run_serving
+
+            try:
+                run_serving(
+                    profile,
+                    writer,
+                    server_url=getattr(args, "server_url", None),
+                    data_dir=getattr(args, "data_dir", None),
+                    done=done,
+                    cancelled=settings.cancelled,
+                    say=progress.say,
+                )
+            except (ServerConfigError, DataError) as exc:
+                _err(str(exc))
+                code = EXIT_USAGE
+            except ServerError as exc:
+                _err(str(exc))
+                code = EXIT_INFRA
     except (KeyboardInterrupt, _Terminated):
         settings.cancelled.set()
         kill_all()
@@ -346,7 +393,10 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
 
     run = load_run(writer.dir)
     extra = audit.CEILINGS if suite == "audit" else {}
-    over = breaches(run.measurements, {s.op.name: {**extra, **s.ceilings} for s in selections})
+    limits = {s.op.name: {**extra, **s.ceilings} for s in selections}
+    if serving and profile.accuracy is not None and profile.accuracy.run_eval:
+        limits["gsm8k/run_eval"] = {"gsm8k_acc": profile.accuracy.run_eval["floor"]}  # upstream's gate
+    over = breaches(run.measurements, limits)
     page = render_run(run, over, writer.artifacts / "report.html")
     if writer.publish_to:
         try:
@@ -354,9 +404,12 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
         except StoreError as exc:
             _err(str(exc))
             code = EXIT_INFRA
-    progress.say("\n" + (audit_summary if suite == "audit" else summary)(run.measurements, over))
+    if selections:
+        progress.say("\n" + (audit_summary if suite == "audit" else summary)(run.measurements, over))
     m = run.measurements
     broken = m[m["status"].isin(FAILURES) & ((m["metric"] == "outcome") | (m["suite"] == "audit"))]
+    if serving:
+        progress.say("\n" + serving_summary(m))
     if code == EXIT_OK and (len(over) or len(broken)):
         code = EXIT_GATE
         progress.say(f"\n{len(over)} measurement(s) over a ceiling, {len(broken)} path x case failed")

@@ -3,6 +3,7 @@ Everything goes to stderr, so `--json` keeps stdout for machines."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -117,3 +118,34 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
     widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
     return text + ("\n(! = over its ceiling)" if over else "")
+
+
+def serving_summary(m: pd.DataFrame) -> str:
+    """GSM8K per tool with its interval, then tok/s and median TTFT/ITL per sweep point."""
+    from harness.stats import wilson_interval
+
+    lines = []
+    out = m[m["metric"] == "outcome"]
+    failed = out[(out["suite"].isin(["accuracy", "perf"])) & (out["status"] != "ok")]
+    acc = m[(m["metric"] == "gsm8k_acc") & (m["status"] == "ok")]
+    if len(acc):
+        lines.append(f"{'GSM8K':<28} {'accuracy':>9} {'95% interval':>16} {'n':>6}")
+        for case, v, detail in zip(acc["case"], acc["value"], acc["detail"]):
+            n = int(json.loads(detail or "{}").get("n") or 0)
+            ci = "{:.3f}-{:.3f}".format(*wilson_interval(round(v * n), n)) if n else "-"
+            lines.append(f"{case:<28} {v:>9.3f} {ci:>16} {n or '-':>6}")
+    perf = m[(m["suite"] == "perf") & (m["status"] == "ok")]
+    if len(perf):
+        piv = perf.pivot_table(index="case", columns="metric", values="value", aggfunc="first")
+        order = sorted(piv.index, key=lambda c: (c.rsplit("/", 1)[0], int(c.rsplit("/c", 1)[1])))
+        lines.append(f"\n{'point':<32} {'out tok/s':>10} {'req/s':>8} {'TTFT ms':>9} {'ITL ms':>8} {'repeats':>7}")
+        for case in order:
+            r = piv.loc[case]
+            reps = perf[(perf["case"] == case) & (perf["metric"] == "output_tok_s")]["samples"].iloc[0]
+            lines.append(
+                f"{case:<32} {fmt(r.get('output_tok_s')):>10} {fmt(r.get('request_s')):>8} "
+                f"{fmt(r.get('ttft_ms_median')):>9} {fmt(r.get('itl_ms_median')):>8} {len(reps):>7}"
+            )
+    for case, detail in zip(failed["case"], failed["detail"]):
+        lines.append(f"FAILED {case}: {str(detail)[:300]}")
+    return "\n".join(lines) if lines else "no serving measurement"

@@ -13,6 +13,18 @@ file and the field.
     cases = ["tiny"]
     ceilings = { calc_diff = 1e-5 }       # a new threshold is one line
     tolerance = { atol = 1e-2, rtol = 1e-2 }
+
+    [server]                # the SGLang server of the serving suites (or: run --server-url URL)
+    model = "deepseek-ai/DeepSeek-V4-Flash"
+    args = ["--tp", "2", "--cuda-graph-bs", "1", "2", "4", "8", "--mem-fraction-static", "0.95"]
+    env = { SGLANG_SM120_FLASHMLA_BACKEND = "flashinfer" }
+    [accuracy]              # GSM8K: lm-eval, the cookbook's few_shot_gsm8k, upstream's run_eval gate
+    lm_eval = { questions = 1319, concurrency = 64 }
+    cookbook = { questions = 200 }
+    run_eval = { examples = 200, floor = 0.93 }
+    [perf]                  # bench_serving: every shape x concurrency, `repeats` times
+    concurrency = [1, 2, 4, 8, 16, 32, 64]
+    shapes = [{ input = 128, output = 256 }, { input = 1024, output = 1024 }]
 """
 
 from __future__ import annotations
@@ -30,11 +42,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from harness.bench import Shape
 from harness.catalogue import Op
-from harness.ceilings import default_ceilings
 from harness.op import ORACLE, Case
+from harness.server import ServerConfig
 
-# ceilings are upper limits, so only metrics where lower is better can carry one
+# metrics that can carry a ceiling in any op; an op's CEILINGS add its own
 CEILING_METRICS = {
     "calc_diff",
     "worst_row_calc_diff",
@@ -94,6 +107,29 @@ class GateConfig:
 
 
 @dataclass
+class AccuracyConfig:
+    lm_eval: dict | None = None  # {questions (None: all 1319), concurrency, max_gen_toks}
+    cookbook: dict | None = None  # {questions, parallel}
+    run_eval: dict | None = None  # {examples, threads, floor}
+    timeout_s: float = 7200.0  # per evaluation
+
+
+@dataclass
+class PerfConfig:
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    repeats: int = 3
+    shapes: list[Shape] = field(
+        default_factory=lambda: [Shape("in128_out256", 128, 256), Shape("in1024_out1024", 1024, 1024)]
+    )
+    # requests per point: enough waves that the ramp-up and the tail do not dominate
+    prompts_per_concurrency: int = 8
+    min_prompts: int = 16
+    backend: str = "sglang"
+    seed: int = 42
+    timeout_s: float = 3600.0  # per point and repeat
+
+
+@dataclass
 class Profile:
     file: Path
     name: str
@@ -101,6 +137,13 @@ class Profile:
     sha256: str
     kernels: KernelsConfig | None
     gate: GateConfig = field(default_factory=lambda: GateConfig())
+    server: ServerConfig = field(default_factory=lambda: ServerConfig())
+    accuracy: AccuracyConfig | None = None
+    perf: PerfConfig | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self.accuracy is not None or self.perf is not None
 
     def manifest(self) -> dict[str, Any]:
         return {"file": str(self.file), "name": self.name, "sha256": self.sha256}
@@ -140,7 +183,7 @@ def load_profile(file: Path | str) -> Profile:
         data = tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{file}: not valid TOML: {exc}") from exc
-    _check_keys(file, "top level", data, {"name", "description", "kernels", "gate"})
+    _check_keys(file, "top level", data, {"name", "description", "kernels", "gate", "server", "accuracy", "perf"})
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise _err(file, "name", "required, a non-empty string")
     kernels = None
@@ -153,7 +196,117 @@ def load_profile(file: Path | str) -> Profile:
         sha256=hashlib.sha256(raw).hexdigest(),
         kernels=kernels,
         gate=_gate(file, data.get("gate", {})),
+        server=_server(file, data.get("server", {})),
+        accuracy=_accuracy(file, data["accuracy"]) if "accuracy" in data else None,
+        perf=_perf(file, data["perf"]) if "perf" in data else None,
     )
+
+
+def _int(file: Path, where: str, value: Any, *, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise _err(file, where, f"expected an integer >= {least}, got {value!r}")
+    return value
+
+
+def _table(file: Path, where: str, t: Any, allowed: set[str]) -> dict:
+    if not isinstance(t, dict):
+        raise _err(file, where, "expected a table")
+    _check_keys(file, where, t, allowed)
+    return t
+
+
+def _server(file: Path, t: Any) -> ServerConfig:
+    t = _table(file, "[server]", t, {"model", "args", "env", "command", "port", "ready_timeout_s"})
+    cfg = ServerConfig()
+    if "model" in t:
+        if not isinstance(t["model"], str) or not t["model"]:
+            raise _err(file, "[server].model", "expected the model path or Hugging Face id, a string")
+        cfg.model = t["model"]
+    if "args" in t:
+        cfg.args = _str_list(file, "[server].args", t["args"])
+    if "command" in t:
+        cfg.command = _str_list(file, "[server].command", t["command"])
+        if not cfg.command:
+            raise _err(file, "[server].command", "must not be empty")
+    if "env" in t:
+        env = _table(file, "[server].env", t["env"], set(t["env"]) if isinstance(t["env"], dict) else set())
+        for k, v in env.items():
+            if not isinstance(v, str):
+                raise _err(file, f"[server].env.{k}", f"expected a string, got {v!r}")
+        cfg.env = dict(env)
+    if "port" in t:
+        cfg.port = _int(file, "[server].port", t["port"], least=0)
+    if "ready_timeout_s" in t:
+        cfg.ready_timeout_s = _number(file, "[server].ready_timeout_s", t["ready_timeout_s"], positive=True)
+    return cfg
+
+
+def _accuracy(file: Path, t: Any) -> AccuracyConfig:
+    t = _table(file, "[accuracy]", t, {"lm_eval", "cookbook", "run_eval", "timeout_s"})
+    cfg = AccuracyConfig()
+    if "timeout_s" in t:
+        cfg.timeout_s = _number(file, "[accuracy].timeout_s", t["timeout_s"], positive=True)
+    if "lm_eval" in t:
+        w = "[accuracy].lm_eval"
+        e = _table(file, w, t["lm_eval"], {"questions", "concurrency", "max_gen_toks"})
+        cfg.lm_eval = {"questions": None, "concurrency": 64, "max_gen_toks": 512}
+        for k in e:
+            cfg.lm_eval[k] = _int(file, f"{w}.{k}", e[k])
+    if "cookbook" in t:
+        w = "[accuracy].cookbook"
+        e = _table(file, w, t["cookbook"], {"questions", "parallel"})
+        cfg.cookbook = {"questions": 200, "parallel": 128}
+        for k in e:
+            cfg.cookbook[k] = _int(file, f"{w}.{k}", e[k])
+    if "run_eval" in t:
+        w = "[accuracy].run_eval"
+        e = _table(file, w, t["run_eval"], {"examples", "threads", "floor"})
+        cfg.run_eval = {"examples": 200, "threads": 128, "floor": 0.93}
+        for k in ("examples", "threads"):
+            if k in e:
+                cfg.run_eval[k] = _int(file, f"{w}.{k}", e[k])
+        if "floor" in e:
+            f = _number(file, f"{w}.floor", e["floor"])
+            if not 0 <= f <= 1:
+                raise _err(file, f"{w}.floor", f"an accuracy between 0 and 1, got {f}")
+            cfg.run_eval["floor"] = f
+    if not (cfg.lm_eval or cfg.cookbook or cfg.run_eval):
+        raise _err(file, "[accuracy]", "names no evaluation (lm_eval, cookbook, run_eval)")
+    return cfg
+
+
+def _perf(file: Path, t: Any) -> PerfConfig:
+    allowed = {"concurrency", "repeats", "shapes", "prompts_per_concurrency", "min_prompts", "backend", "seed"}
+    t = _table(file, "[perf]", t, allowed | {"timeout_s"})
+    cfg = PerfConfig()
+    if "concurrency" in t:
+        c = t["concurrency"]
+        if not isinstance(c, list) or not c:
+            raise _err(file, "[perf].concurrency", f"expected a non-empty list of integers, got {c!r}")
+        cfg.concurrency = [_int(file, f"[perf].concurrency[{i}]", v) for i, v in enumerate(c)]
+    for k in ("repeats", "prompts_per_concurrency", "min_prompts"):
+        if k in t:
+            setattr(cfg, k, _int(file, f"[perf].{k}", t[k]))
+    if "seed" in t:
+        cfg.seed = _int(file, "[perf].seed", t["seed"], least=0)
+    if "timeout_s" in t:
+        cfg.timeout_s = _number(file, "[perf].timeout_s", t["timeout_s"], positive=True)
+    if "backend" in t:
+        if t["backend"] not in ("sglang", "sglang-oai", "sglang-oai-chat"):
+            raise _err(file, "[perf].backend", f"one of sglang, sglang-oai, sglang-oai-chat; got {t['backend']!r}")
+        cfg.backend = t["backend"]
+    if "shapes" in t:
+        if not isinstance(t["shapes"], list) or not t["shapes"]:
+            raise _err(file, "[perf].shapes", "expected a non-empty list of { input = N, output = N }")
+        cfg.shapes = []
+        for i, sh in enumerate(t["shapes"]):
+            w = f"[perf].shapes[{i}]"
+            sh = _table(file, w, sh, {"input", "output", "name"})
+            if "input" not in sh or "output" not in sh:
+                raise _err(file, w, "needs input and output (token counts)")
+            i_len, o_len = _int(file, f"{w}.input", sh["input"]), _int(file, f"{w}.output", sh["output"])
+            cfg.shapes.append(Shape(str(sh.get("name", f"in{i_len}_out{o_len}")), i_len, o_len))
+    return cfg
 
 
 def _gate(file: Path, t: Any) -> GateConfig:
@@ -240,12 +393,6 @@ def _op(file: Path, name: str, t: Any) -> OpConfig:
         if not isinstance(t["ceilings"], dict):
             raise _err(file, f"{where}.ceilings", "expected a table of metric = ceiling")
         for metric, v in t["ceilings"].items():
-            if metric not in CEILING_METRICS and not metric.endswith((".max_abs", ".nonfinite_mismatch")):
-                raise _err(
-                    file,
-                    f"{where}.ceilings.{metric}",
-                    f"not a metric with a ceiling (known: {', '.join(sorted(CEILING_METRICS))}, <output>.max_abs)",
-                )
             cfg.ceilings[metric] = _number(file, f"{where}.ceilings.{metric}", v)
     if "tolerance" in t:
         tol = t["tolerance"]
@@ -306,6 +453,14 @@ def select(profile: Profile, ops: dict[str, Op], *, has_gpu: bool, only: list[st
             patterns = ["flash"] if has_gpu else ["tiny"]
         elif isinstance(patterns, dict):
             patterns = patterns["gpu" if has_gpu else "cpu"]
+        for metric in cfg.ceilings:
+            known = CEILING_METRICS | set(op.ceilings)
+            if metric not in known and not metric.endswith((".max_abs", ".nonfinite_mismatch")):
+                raise _err(
+                    file,
+                    f"{where}.ceilings.{metric}",
+                    f"not a metric with a limit (known: {', '.join(sorted(known))}, <output>.max_abs)",
+                )
         all_cases = op.cases()
         cases = [c for c in all_cases.values() if any(p in c.tags or fnmatch.fnmatchcase(c.name, p) for p in patterns)]
         if not cases:
@@ -321,7 +476,7 @@ def select(profile: Profile, ops: dict[str, Op], *, has_gpu: bool, only: list[st
                 cases=cases,
                 goldens=goldens,
                 impls=impls,
-                ceilings={**default_ceilings(op.dtype), **cfg.ceilings},
+                ceilings={**op.ceilings, **cfg.ceilings},
                 tolerance=cfg.tolerance or op.tolerance,
                 listed_goldens=cfg.goldens,
             )

@@ -20,7 +20,7 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -172,6 +172,24 @@ class RunWriter:
         writer = cls(run_dir, manifest, f"{str(store).rstrip('/')}/{run_id}" if remote else None)
         writer.save_manifest()
         writer._journal = open(run_dir / "measurements.jsonl", "a", encoding="utf-8")
+        return writer
+
+    @classmethod
+    def reopen(cls, run: Run, keep: Callable[[dict], bool]) -> RunWriter:
+        """Continue a local run (resume): its rows that `keep` accepts go back into a fresh journal,
+        the others (failures to be retried) are dropped; the manifest says it is running again."""
+        if run.status == "running":
+            raise StoreError(f"{run.dir}: the run is still running (pid {run.manifest.get('pid')})")
+        rows = [r for r in json.loads(run.measurements.to_json(orient="records")) if keep(r)]
+        journal = run.dir / "measurements.jsonl"
+        atomic_write(journal, "".join(dumps(r) + "\n" for r in rows).encode())
+        (run.dir / "measurements.parquet").unlink(missing_ok=True)
+        manifest = {**run.manifest, "status": "running", "ended_at": None, "pid": os.getpid()}
+        manifest["host"] = socket.gethostname()
+        manifest["resumed"] = [*run.manifest.get("resumed", []), now()]
+        writer = cls(run.dir, manifest)
+        writer.save_manifest()
+        writer._journal = open(journal, "a", encoding="utf-8")
         return writer
 
     @property
