@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     nightly.add_argument("--store", default="runs")
     nightly.add_argument("--kernels-dir", type=Path)
     nightly.add_argument("--site", type=Path, help="site folder (default: <store>/site)")
+    nightly.add_argument("--server-url", help="attach the serving suites to this running SGLang server")
+    nightly.add_argument("--data-dir", type=Path, help="folder with GSM8K's test.jsonl and train.jsonl (offline)")
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", default="runs")
     runs.add_argument("--json", action="store_true")
@@ -152,8 +154,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_nightly(args) -> int:
-    """The nightly job: the kernel suite and the audit as two runs of the store, the kernel run gated
-    against the previous run of the same profile, then the site. Exit: the worst of the steps."""
+    """The nightly job: the profile's run (kernels and/or serving) and, with kernels, the audit as two
+    runs of the store; the run gated against the previous run of the same profile; then the site.
+    Exit: the worst of the steps."""
     from harness.profile import ProfileError, load_profile
     from harness.report import build
     from harness.store import StoreError, list_runs
@@ -165,15 +168,19 @@ def cmd_nightly(args) -> int:
         return EXIT_USAGE
     common = ["--suite", str(args.suite), "--store", str(args.store)]
     common += ["--kernels-dir", str(args.kernels_dir)] if args.kernels_dir else []
+    serving = ["--server-url", args.server_url] if args.server_url else []
+    serving += ["--data-dir", str(args.data_dir)] if args.data_dir else []
     before = {r.run_id for r in list_runs(args.store)}
-    codes = [main(["run", *common]), main(["audit", *common])]
+    codes = [main(["run", *common, *serving])]
+    if profile.kernels is not None:  # a serving-only profile has no kernels to audit
+        codes.append(main(["audit", *common]))
     if EXIT_USAGE in codes or EXIT_INTERRUPTED in codes:
         return max(codes)
     try:
         mine = [
             r
             for r in list_runs(args.store)
-            if r.manifest.get("profile", {}).get("name") == profile.name and r.manifest.get("suites") == ["kernels"]
+            if r.manifest.get("profile", {}).get("name") == profile.name and "audit" not in r.manifest.get("suites", [])
         ]
     except StoreError as exc:
         _err(str(exc))
