@@ -54,9 +54,59 @@ def _table(df: pd.DataFrame, over: set) -> list[dict]:
                 "oracle": {m["metric"]: m for m in figures.get((case, impl), []) if m["reference"] == ORACLE},
                 "plain": {m["metric"]: m for m in figures.get((case, impl), []) if m["reference"] is None},
                 "goldens": [m for m in figures.get((case, impl), []) if m["reference"] not in (None, ORACLE)],
+                # the op's own metrics (a recall, an exact-match count): not in the standard columns
+                "extra": [
+                    m
+                    for m in figures.get((case, impl), [])
+                    if m["reference"] == ORACLE and m["metric"] not in STANDARD and "." not in m["metric"]
+                ],
             }
         )
     return out
+
+
+STANDARD = {"calc_diff", "worst_row_calc_diff", "max_abs", "frac_outside_tol", "cosine", "max_rel"}
+STANDARD |= {"nonfinite_mismatch", "rmse"}
+
+
+def _serving(run: Run, df: pd.DataFrame, over: set) -> dict:
+    """The server, GSM8K per evaluation, the sweep per point, and what failed."""
+    acc, perf, failed = [], [], []
+    a = df[(df["metric"] == "gsm8k_acc") & (df["status"] == "ok")]
+    for case, value, detail in zip(a["case"], a["value"], a["detail"]):
+        d = json.loads(detail or "{}")
+        lo, hi = d.get("wilson95") or (None, None)
+        acc.append(
+            {
+                "case": case,
+                "value": value,
+                "lo": lo,
+                "hi": hi,
+                "n": d.get("n"),
+                "stderr": d.get("stderr"),
+                "floor": d.get("floor"),
+                "tool": d.get("tool", ""),
+                "over": (case, "server", "", "gsm8k_acc") in over,
+            }
+        )
+    p = df[(df["suite"] == "perf") & (df["status"] == "ok") & (df["metric"] != "outcome")]
+    for case, g in p.groupby("case", sort=False):
+        tok = g[g["metric"] == "output_tok_s"]
+        samples = list(tok["samples"].iloc[0]) if len(tok) and tok["samples"].iloc[0] is not None else []
+        perf.append(
+            {
+                "case": case,
+                "m": dict(zip(g["metric"], g["value"])),
+                "lo": min(samples) if samples else None,
+                "hi": max(samples) if samples else None,
+                "repeats": len(samples),
+            }
+        )
+    perf.sort(key=lambda r: (r["case"].rsplit("/c", 1)[0], int(r["case"].rsplit("/c", 1)[1])))
+    o = df[(df["metric"] == "outcome") & df["suite"].isin(["accuracy", "perf"]) & (df["status"] != "ok")]
+    for case, status, detail in zip(o["case"], o["status"], o["detail"]):
+        failed.append({"case": case, "status": status, "error": json.loads(detail or "{}").get("error", "")})
+    return {"server": run.manifest.get("server"), "accuracy": acc, "perf": perf, "failed": failed}
 
 
 def _audit_table(df: pd.DataFrame, over: set) -> list[dict]:
@@ -80,7 +130,8 @@ def _audit_table(df: pd.DataFrame, over: set) -> list[dict]:
 def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
     df = run.measurements
     over = set(zip(breaches["case"], breaches["impl"], breaches["reference"].fillna(""), breaches["metric"]))
-    rows = _table(df, over) if not df.empty else []
+    kernels = df[df["suite"] == "kernels"] if not df.empty else df
+    rows = _table(kernels, over) if not kernels.empty else []
     audit = _audit_table(df, over) if not df.empty else []
     counts = {}
     for r in rows + audit:
@@ -95,6 +146,7 @@ def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
             counts=counts,
             breaches=breaches.to_dict("records"),
             audit=audit,
+            serving=_serving(run, df, over) if not df.empty else {},
         )
     )
     atomic_write(out, html.encode())
