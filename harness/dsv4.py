@@ -52,6 +52,11 @@ def pack_pages(nope8: torch.Tensor, scale_bytes: torch.Tensor, rope: torch.Tenso
     return buf
 
 
+def pow2(exponent: torch.Tensor) -> torch.Tensor:
+    """2**exponent in float64, built from its bits: exact on every device (CUDA's pow is not)."""
+    return ((exponent.long() + 1023) << 52).view(torch.float64)
+
+
 def dequantize_pages(buf: torch.Tensor, page_size: int) -> torch.Tensor:
     """Exact dequantization of every token of a packed buffer: [pages * page_size, 512] float64."""
     pages = buf.shape[0]
@@ -59,7 +64,7 @@ def dequantize_pages(buf: torch.Tensor, page_size: int) -> torch.Tensor:
     data = buf[:, : page_size * TOKEN_DATA].reshape(n, TOKEN_DATA)
     scales = buf[:, page_size * TOKEN_DATA : page_size * TOKEN_BYTES].reshape(n, 8)[:, : NOPE // SCALE_GROUP]
     nope = data[:, :NOPE].contiguous().view(torch.float8_e4m3fn).double()
-    scale = torch.pow(2.0, scales.double() - 127.0)
+    scale = pow2(scales.long() - 127)
     nope = (nope.reshape(n, -1, SCALE_GROUP) * scale[..., None]).reshape(n, NOPE)
     rope = data[:, NOPE:].contiguous().view(torch.bfloat16).double()
     return torch.cat([nope, rope], dim=1)

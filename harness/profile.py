@@ -73,7 +73,7 @@ class ProfileError(Exception):
 class OpConfig:
     impls: list[str] | None = None
     goldens: list[str] | None = None
-    cases: list[str] | None = None
+    cases: list[str] | dict[str, list[str]] | None = None  # per machine, as [kernels].cases
     ceilings: dict[str, float] = field(default_factory=dict)
     tolerance: tuple[float, float] | None = None
 
@@ -200,6 +200,14 @@ def load_profile(file: Path | str) -> Profile:
         accuracy=_accuracy(file, data["accuracy"]) if "accuracy" in data else None,
         perf=_perf(file, data["perf"]) if "perf" in data else None,
     )
+
+
+def _cases(file: Path, where: str, c: Any) -> list[str] | dict[str, list[str]]:
+    """A list of tags and name globs, or one per machine: { cpu = [...], gpu = [...] }."""
+    if isinstance(c, dict):
+        _check_keys(file, where, c, {"cpu", "gpu"})
+        return {m: _str_list(file, f"{where}.{m}", c.get(m, [])) for m in ("cpu", "gpu")}
+    return _str_list(file, where, c)
 
 
 def _int(file: Path, where: str, value: Any, *, least: int = 1) -> int:
@@ -343,11 +351,7 @@ def _kernels(file: Path, t: Any) -> KernelsConfig:
     cfg = KernelsConfig()
     if "cases" in t:
         c = t["cases"]
-        if isinstance(c, dict):  # per machine: { cpu = [...], gpu = [...] }
-            _check_keys(file, "[kernels].cases", c, {"cpu", "gpu"})
-            cfg.cases = {m: _str_list(file, f"[kernels].cases.{m}", c.get(m, [])) for m in ("cpu", "gpu")}
-        else:
-            cfg.cases = c if c == "auto" else _str_list(file, "[kernels].cases", c)
+        cfg.cases = c if c == "auto" else _cases(file, "[kernels].cases", c)
     if "timeout_s" in t:
         cfg.timeout_s = _number(file, "[kernels].timeout_s", t["timeout_s"], positive=True)
     if "seed" in t:
@@ -386,9 +390,11 @@ def _op(file: Path, name: str, t: Any) -> OpConfig:
         raise _err(file, where, "expected a table")
     _check_keys(file, where, t, {"impls", "goldens", "cases", "ceilings", "tolerance"})
     cfg = OpConfig()
-    for key in ("impls", "goldens", "cases"):
+    for key in ("impls", "goldens"):
         if key in t:
             setattr(cfg, key, _str_list(file, f"{where}.{key}", t[key]))
+    if "cases" in t:
+        cfg.cases = _cases(file, f"{where}.cases", t["cases"])
     if "ceilings" in t:
         if not isinstance(t["ceilings"], dict):
             raise _err(file, f"{where}.ceilings", "expected a table of metric = ceiling")

@@ -17,8 +17,8 @@ CASES = [
     ("name = 'p'\n[kernels]\ncases = 'tiny'\n", "[kernels].cases: expected a list of strings"),
     ("name = 'p'\n[kernels.ops.toy_scale]\nimpl = ['good']\n", "[kernels.ops.toy_scale]: unknown field 'impl'"),
     (
-        "name = 'p'\n[kernels.ops.toy_scale]\nceilings = { speed = 1 }\n",
-        "[kernels.ops.toy_scale].ceilings.speed: not a metric with a ceiling",
+        "name = 'p'\n[kernels.ops.toy_scale]\nceilings = { calc_diff = 'low' }\n",
+        "[kernels.ops.toy_scale].ceilings.calc_diff: expected a number",
     ),
     ("name = 'p'\n[kernels.ops.toy_scale]\ntolerance = { atol = 1 }\n", "[kernels.ops.toy_scale].tolerance"),
 ]
@@ -33,7 +33,11 @@ def test_load_errors_name_file_and_field(tmp_path, body, message):
 
 
 SELECT = [
-    ("[kernels.ops.nope]\n", "[kernels.ops.nope]: unknown op 'nope' (known: planted_mla, planted_smem, toy_scale)"),
+    ("[kernels.ops.nope]\n", "[kernels.ops.nope]: unknown op 'nope' (known: planted_"),
+    (
+        "[kernels.ops.toy_scale]\nceilings = { speed = 1 }\n",
+        "[kernels.ops.toy_scale].ceilings.speed: not a metric with a limit",
+    ),
     ("[kernels.ops.toy_scale]\nimpls = ['gud']\n", "[kernels.ops.toy_scale].impls: unknown implementation 'gud'"),
     ("[kernels.ops.toy_scale]\ngoldens = ['good']\n", "[kernels.ops.toy_scale].goldens: unknown golden 'good'"),
     ("[kernels.ops.toy_scale]\ncases = ['huge']\n", "[kernels.ops.toy_scale].cases: ['huge'] selects no case"),
@@ -63,9 +67,10 @@ def test_selection_resolves_defaults(tmp_path):
 def test_auto_cases_follow_the_machine():
     prof = load_profile(ROOT / "suites" / "smoke.toml")
     ops = discover(ROOT / "kernels")
-    (cpu,) = select(prof, ops, has_gpu=False)
-    (gpu,) = select(prof, ops, has_gpu=True)
-    assert all("tiny" in c.tags for c in cpu.cases) and all("flash" in c.tags for c in gpu.cases)
+    cpu, gpu = select(prof, ops, has_gpu=False), select(prof, ops, has_gpu=True)
+    assert {s.op.name for s in cpu} == {s.op.name for s in gpu} == set(ops)  # every op, on either machine
+    assert all("tiny" in c.tags for s in cpu for c in s.cases)
+    assert all("flash" in c.tags for s in gpu for c in s.cases)
 
 
 def test_cli_exit_code_2_with_the_message(tmp_path):

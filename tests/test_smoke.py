@@ -35,6 +35,7 @@ def test_real_sglang_kernels_measured_against_the_oracle(smoke):
     _, cwd = smoke
     (run,) = list_runs(cwd / "runs")
     m = run.measurements
+    m = m[m["case"].str.startswith("mla_sparse_decode/")]
     calc = m[(m["metric"] == "calc_diff") & (m["reference"] == "fp64")]
     for impl in ("sglang.triton", "sglang.torch"):
         values = calc[calc["impl"] == impl]["value"]
@@ -49,6 +50,7 @@ def test_gpu_only_paths_skipped_and_gpu_goldens_replayed_from_the_store(smoke):
     _, cwd = smoke
     (run,) = list_runs(cwd / "runs")
     m = run.measurements
+    m = m[m["case"].str.startswith("mla_sparse_decode/")]
     o = m[m["metric"] == "outcome"]
     status = dict(zip(o["impl"], o["status"]))
     assert status["flashinfer.sm120"] == "skipped(needs a CUDA GPU: sm_120, sm_121)"

@@ -1,0 +1,53 @@
+"""SGLang's Triton mhc_combine kernel launched with the bugs its launch or its caller can really have: the
+stride between pre's 4 weights wrong (0: every stream weighted by pre[m, 0]), one stream left out of
+the sum, and the residual flattened hidden-major ([T, H, 4]) where the kernel reads it stream-major."""
+
+from pathlib import Path as _P
+
+import torch
+import triton
+
+from harness.catalogue import load_op_file
+from harness.op import Path
+
+_real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "mhc_combine.py").module
+OP = "planted_mhc_combine"
+DTYPE, PRIMARY, TOLERANCE = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE
+make_inputs = _real.make_inputs
+HC = _real.HC
+
+
+def cases():
+    return [c for c in _real.cases() if "tiny" in c.tags]
+
+
+def _launch(x_flat, pre, *, pre_stride_k=None, hc=HC):
+    """mhc_combine's own launch, with the two arguments a bug would change."""
+    mhc = _real.import_module("sglang.kernels.ops.layernorm.mhc")
+    m, h = x_flat.shape[0], x_flat.shape[1] // HC
+    y = torch.empty(m, h, dtype=torch.bfloat16, device=x_flat.device)
+    mhc._mhc_combine_kernel[(m, triton.cdiv(h, 1024))](
+        x_flat,
+        pre,
+        y,
+        h,
+        x_flat.stride(0),
+        pre.stride(0),
+        pre.stride(1) if pre_stride_k is None else pre_stride_k,
+        y.stride(0),
+        HC=hc,
+        BLOCK_H=1024,
+    )
+    return {"y": y}
+
+
+def hidden_major_flatten(t, case):
+    x = t["x_flat"].unflatten(1, (HC, -1)).transpose(1, 2).reshape(t["x_flat"].shape[0], -1)
+    return _real.sglang_triton({**t, "x_flat": x.contiguous()}, case)
+
+
+PATHS = list(_real.PATHS) + [
+    Path("planted.pre_stride_zero", lambda t, c: _launch(t["x_flat"], t["pre"], pre_stride_k=0)),
+    Path("planted.stream_dropped", lambda t, c: _launch(t["x_flat"], t["pre"], hc=HC - 1)),
+    Path("planted.hidden_major_flatten", hidden_major_flatten),
+]
