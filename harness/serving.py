@@ -50,69 +50,50 @@ def units(profile: Profile, writer: RunWriter, data_dir: Path | None) -> list[Un
     art = writer.artifacts
     acc = profile.accuracy
     if acc is not None:
-        if acc.lm_eval:
-            cfg = acc.lm_eval
-            ver = _version({"tool": "lm_eval", **cfg})
-
-            def lm_eval_unit(server: Server, cfg=cfg) -> list[dict]:
-                scores = gsm8k.run_lm_eval(
-                    server.url,
-                    server.model_name,
+        log = art / "accuracy"
+        # each returns its scores; lm-eval's strict and flexible match come from one evaluation
+        evals = {
+            "lm_eval": lambda srv, c: gsm8k.run_lm_eval(
+                srv.url,
+                srv.model_name,
+                data_dir,
+                questions=c["questions"],
+                concurrency=c["concurrency"],
+                max_gen_toks=c["max_gen_toks"],
+            ),
+            "cookbook": lambda srv, c: [
+                gsm8k.run_cookbook(
+                    srv.url,
                     data_dir,
-                    questions=cfg["questions"],
-                    concurrency=cfg["concurrency"],
-                    max_gen_toks=cfg["max_gen_toks"],
+                    questions=c["questions"],
+                    parallel=c["parallel"],
+                    log=log / "cookbook.log",
+                    timeout_s=acc.timeout_s,
                 )
-                return [r for s in scores for r in _accuracy_rows(writer, s, ver)]
+            ],
+            "run_eval": lambda srv, c: [
+                gsm8k.run_upstream_gate(
+                    srv.url,
+                    srv.model_name,
+                    data_dir,
+                    examples=c["examples"],
+                    threads=c["threads"],
+                    log=log / "run_eval.log",
+                    timeout_s=acc.timeout_s,
+                )
+            ],
+        }
+        for tool, evaluate in evals.items():
+            cfg = getattr(acc, tool)
+            if not cfg:
+                continue
+            ver = _version({"tool": tool, **cfg})
 
-            # both filters come from one evaluation; the flexible one is its own case
-            out.append(Unit("accuracy", "gsm8k/lm_eval", ver, lm_eval_unit))
-        if acc.cookbook:
-            cfg = acc.cookbook
-            ver = _version({"tool": "cookbook", **cfg})
-            out.append(
-                Unit(
-                    "accuracy",
-                    "gsm8k/cookbook",
-                    ver,
-                    lambda server, cfg=cfg, ver=ver: _accuracy_rows(
-                        writer,
-                        gsm8k.run_cookbook(
-                            server.url,
-                            data_dir,
-                            questions=cfg["questions"],
-                            parallel=cfg["parallel"],
-                            log=art / "accuracy" / "cookbook.log",
-                            timeout_s=acc.timeout_s,
-                        ),
-                        ver,
-                    ),
-                )
-            )
-        if acc.run_eval:
-            cfg = acc.run_eval
-            ver = _version({"tool": "run_eval", **cfg})
-            out.append(
-                Unit(
-                    "accuracy",
-                    "gsm8k/run_eval",
-                    ver,
-                    lambda server, cfg=cfg, ver=ver: _accuracy_rows(
-                        writer,
-                        gsm8k.run_upstream_gate(
-                            server.url,
-                            server.model_name,
-                            data_dir,
-                            examples=cfg["examples"],
-                            threads=cfg["threads"],
-                            log=art / "accuracy" / "run_eval.log",
-                            timeout_s=acc.timeout_s,
-                        ),
-                        ver,
-                        floor=cfg["floor"],
-                    ),
-                )
-            )
+            def unit(server: Server, evaluate=evaluate, cfg=cfg, ver=ver) -> list[dict]:
+                scores = evaluate(server, cfg)
+                return [r for sc in scores for r in _accuracy_rows(writer, sc, ver, floor=cfg.get("floor"))]
+
+            out.append(Unit("accuracy", f"gsm8k/{tool}", ver, unit))
     perf = profile.perf
     if perf is not None:
         for shape in perf.shapes:
@@ -123,9 +104,14 @@ def units(profile: Profile, writer: RunWriter, data_dir: Path | None) -> list[Un
                     {"shape": [shape.input_len, shape.output_len], "c": c, "n": n, "b": perf.backend, "s": perf.seed}
                 )
                 out.append(
-                    Unit("perf", case, ver, lambda server, shape=shape, c=c, n=n, case=case, ver=ver: _perf_point(
-                        writer, server, profile, shape, c, n, case, ver
-                    ))
+                    Unit(
+                        "perf",
+                        case,
+                        ver,
+                        lambda server, shape=shape, c=c, n=n, case=case, ver=ver: _perf_point(
+                            writer, server, profile, shape, c, n, case, ver
+                        ),
+                    )
                 )
     return out
 
@@ -245,8 +231,9 @@ def run_serving(
         return
 
     def record(u: Unit, status: str, seconds: float, rows: list[dict], detail: dict) -> None:
-        outcome = row(writer.run_id, u.suite, u.case, u.version, IMPL, "outcome", seconds, unit="s", status=status,
-                      detail=detail)
+        outcome = row(
+            writer.run_id, u.suite, u.case, u.version, IMPL, "outcome", seconds, unit="s", status=status, detail=detail
+        )
         writer.add([outcome, *rows])
         say(f"  {u.case:<40} {status}" + (f"  {detail['error'].splitlines()[0]}" if "error" in detail else ""))
 
