@@ -121,7 +121,8 @@ def test_tiny_inputs_have_the_production_layout(name):
 
 def test_flash_cases_are_deepseek_v4_flash_at_tp1_and_tp2():
     flash = [c for c in op.cases() if "flash" in c.tags]
-    assert {(c.params["T"], c.params["tp"]) for c in flash} == {(t, tp) for t in (1, 8, 64, 512, 4096) for tp in (1, 2)}
+    # the token sweep at TP=2 (the reference two-GPU SM120 deployment), one TP=1 size
+    assert {(c.params["T"], c.params["tp"]) for c in flash} == {(t, 2) for t in (1, 8, 64, 512, 4096)} | {(64, 1)}
     for c in flash:
         p = c.params
         assert (p["E"], p["topk"], p["H"], p["I"] * p["tp"]) == (256, 6, 4096, 2048)
