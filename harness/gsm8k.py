@@ -15,6 +15,7 @@ else a cache filled once from openai/grade-school-math and checked against known
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -113,9 +114,10 @@ def _task_yaml(data: Path, folder: Path) -> None:
 
 
 def run_lm_eval(
-    url: str, model: str, data: Path, *, questions: int | None, concurrency: int, max_gen_toks: int
+    url: str, model: str, data: Path, *, questions: int | None, concurrency: int, max_gen_toks: int, samples_out: Path
 ) -> list[Score]:
-    """Strict- and flexible-match accuracy with per-question results."""
+    """Strict- and flexible-match accuracy with per-question results; lm-eval's own samples (prompt,
+    response, extracted answer, per filter) go to `samples_out` as JSONL, to read what was answered."""
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -147,6 +149,10 @@ def run_lm_eval(
     if not res:
         raise EvalError("lm-eval returned no result")
     r = res["results"][TASK]
+    samples_out.parent.mkdir(parents=True, exist_ok=True)
+    with open(samples_out, "w", encoding="utf-8") as f:
+        for sample in res["samples"][TASK]:
+            f.write(json.dumps(sample, default=str) + "\n")
     scores = []
     for filt, name in (("strict-match", "lm_eval"), ("flexible-extract", "lm_eval_flexible")):
         docs = sorted((s for s in res["samples"][TASK] if s["filter"] == filt), key=lambda s: s["doc_id"])

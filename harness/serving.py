@@ -60,6 +60,7 @@ def units(profile: Profile, writer: RunWriter, data_dir: Path | None) -> list[Un
                 questions=c["questions"],
                 concurrency=c["concurrency"],
                 max_gen_toks=c["max_gen_toks"],
+                samples_out=log / "lm_eval_samples.jsonl",
             ),
             "cookbook": lambda srv, c: [
                 gsm8k.run_cookbook(

@@ -117,6 +117,8 @@ def test_run_records_the_server_and_fails_the_upstream_floor(served):
     r, run = served
     assert run.manifest["server"]["version"] == serve_stub.SGLANG_VERSION
     assert (run.dir / "artifacts" / "server_info.json").is_file()
+    answers = (run.dir / "artifacts" / "accuracy" / "lm_eval_samples.jsonl").read_text().splitlines()
+    assert len(answers) == 2 * 40  # lm-eval's own record of every question, per filter
     assert set(run.manifest["suites"]) == {"accuracy", "perf"}
     outcomes = run.measurements[run.measurements["metric"] == "outcome"]
     assert set(outcomes["status"]) == {"ok"}
