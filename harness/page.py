@@ -69,6 +69,10 @@ STANDARD = {"calc_diff", "worst_row_calc_diff", "max_abs", "frac_outside_tol", "
 STANDARD |= {"nonfinite_mismatch", "rmse"}
 
 
+PERF_COLUMNS = ("output_tok_s", "request_s", "ttft_ms_median", "ttft_ms_p99", "itl_ms_median", "itl_ms_p99")
+PERF_COLUMNS += ("tpot_ms_median", "e2e_ms_median")
+
+
 def _serving(run: Run, df: pd.DataFrame, over: set) -> dict:
     """The server, GSM8K per evaluation, the sweep per point, and what failed."""
     acc, perf, failed = [], [], []
@@ -96,7 +100,7 @@ def _serving(run: Run, df: pd.DataFrame, over: set) -> dict:
         perf.append(
             {
                 "case": case,
-                "m": dict(zip(g["metric"], g["value"])),
+                "m": {**dict.fromkeys(PERF_COLUMNS), **dict(zip(g["metric"], g["value"]))},
                 "lo": min(samples) if samples else None,
                 "hi": max(samples) if samples else None,
                 "repeats": len(samples),
