@@ -1,6 +1,7 @@
 """A run stopped by ^C (or SIGTERM) keeps what it measured, marked `interrupted`; one killed outright
 leaves a journal that still reads."""
 
+import json
 import os
 import signal
 import subprocess
@@ -45,11 +46,14 @@ def _start(tmp_path):
     )
 
 
-def _wait_for_rows(tmp_path, n, timeout=120):
+def _wait_for_good(tmp_path, timeout=120):
+    """Until the oracle and `good` have all three outcomes (so `slow` is running)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for journal in (tmp_path / "runs").glob("*/measurements.jsonl"):
-            if sum(1 for _ in open(journal)) >= n:
+            rows = [json.loads(line) for line in open(journal) if line.endswith("\n")]
+            done = [r for r in rows if r["metric"] == "outcome" and r["impl"] == "good"]
+            if len(done) == 3:
                 return journal.parent
         time.sleep(0.2)
     raise AssertionError("the run never got going")
@@ -65,7 +69,7 @@ def _workers_of(pid: int) -> list[int]:
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
 def test_signal_keeps_what_was_measured(tmp_path, sig, code):
     proc = _start(tmp_path)
-    run_dir = _wait_for_rows(tmp_path, 6)  # oracle and `good` done, `slow` running
+    run_dir = _wait_for_good(tmp_path)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
@@ -79,7 +83,7 @@ def test_signal_keeps_what_was_measured(tmp_path, sig, code):
 
 def test_kill_leaves_a_readable_journal_and_no_worker(tmp_path):
     proc = _start(tmp_path)
-    run_dir = _wait_for_rows(tmp_path, 6)
+    run_dir = _wait_for_good(tmp_path)
     deadline = time.monotonic() + 60
     while not _workers_of(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
