@@ -111,11 +111,17 @@ def _resources(cubin: bytes) -> dict:
 def compile_one(v: dict, arch: int = 120) -> dict:
     """Cross-compile one launch variant (for sm_120a unless told otherwise) and read what it needs."""
     import triton
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from harness.triton_capture import DTYPE_KEY
+
     fn = _load_jit(v)
-    constexprs = {k: val for k, val in v["constexprs"].items()}
+    constexprs = {
+        k: tl.dtype(val[DTYPE_KEY]) if isinstance(val, dict) and DTYPE_KEY in val else val
+        for k, val in v["constexprs"].items()
+    }
     src = ASTSource(fn, v["signature"], constexprs=constexprs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(v["options"]))
     ptx = kernel.asm["ptx"]
@@ -139,11 +145,10 @@ def compile_all(launches: list[dict], out: Path) -> None:
             try:
                 result = {"key": key(v), "ok": True, **compile_one(v)}
             except Exception as exc:
-                result = {
-                    "key": key(v),
-                    "ok": False,
-                    "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
-                }
+                # Triton's CompilationError quotes the source; the reason is in the chained exception
+                cause = f" (because {type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+                text = " ".join(str(exc).split())
+                result = {"key": key(v), "ok": False, "error": f"{type(exc).__name__}: {text[:1500]}{cause[:1000]}"}
             f.write(json.dumps(result) + "\n")
             f.flush()
 

@@ -31,10 +31,17 @@ def keep_first_config(kernel) -> None:
     kernel.configs = kernel.configs[:1]
 
 
+DTYPE_KEY = "tl.dtype"  # a constexpr that is a Triton dtype (a kernel's compute_type), kept as {DTYPE_KEY: name}
+
+
 def _jsonable(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
-    return str(v)  # tl.dtype and friends
+    import triton.language as tl
+
+    if isinstance(v, tl.dtype):
+        return {DTYPE_KEY: v.name}
+    return str(v)
 
 
 def _constexpr_names(fn) -> set[str]:

@@ -110,3 +110,21 @@ def test_the_instruction_check_finds_what_an_sm90_build_uses():
     assert any(x.startswith("wgmma.") for x in hopper["ptx_forbidden"]) and "HGMMA" in hopper["sass_forbidden"]
     assert blackwell["ptx_forbidden"] == [] and blackwell["sass_forbidden"] == []
     assert blackwell["target"] == "sm_120a" and blackwell["registers"] > 0
+
+
+def test_a_dtype_constexpr_survives_capture_and_compiles():
+    import triton.language as tl
+
+    from harness.audit import compile_one
+    from harness.triton_capture import _jsonable
+
+    kept = json.loads(json.dumps(_jsonable(tl.float32)))  # as the capture file stores it
+    v = {
+        "module": "planted_smem",
+        "file": str(OPS / "planted_smem.py"),
+        "name": "fill_kernel",
+        "signature": {"out": "*fp32", "N": "i32", "BLOCK": "constexpr", "DTYPE": "constexpr"},
+        "constexprs": {"BLOCK": 128, "DTYPE": kept},
+        "options": {"num_warps": 4, "num_stages": 1},
+    }
+    assert compile_one(v)["target"] == "sm_120a"

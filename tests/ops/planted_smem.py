@@ -85,3 +85,11 @@ PATHS = [
     Path("smem_128k", smem_128k),
     Path("every_config_too_big", every_config_too_big),
 ]
+
+
+@triton.jit
+def fill_kernel(out, N, BLOCK: tl.constexpr, DTYPE: tl.constexpr):
+    """A dtype as a constexpr (as SGLang's fused MoE passes its compute_type): the audit must hand
+    Triton a dtype back, not its name."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out + offs, tl.zeros((BLOCK,), dtype=DTYPE), mask=offs < N)
