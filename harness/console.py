@@ -122,8 +122,6 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
 
 def serving_summary(m: pd.DataFrame) -> str:
     """GSM8K per tool with its interval, then tok/s and median TTFT/ITL per sweep point."""
-    from harness.stats import wilson_interval
-
     lines = []
     out = m[m["metric"] == "outcome"]
     failed = out[(out["suite"].isin(["accuracy", "perf"])) & (out["status"] != "ok")]
@@ -131,9 +129,9 @@ def serving_summary(m: pd.DataFrame) -> str:
     if len(acc):
         lines.append(f"{'GSM8K':<28} {'accuracy':>9} {'95% interval':>16} {'n':>6}")
         for case, v, detail in zip(acc["case"], acc["value"], acc["detail"]):
-            n = int(json.loads(detail or "{}").get("n") or 0)
-            ci = "{:.3f}-{:.3f}".format(*wilson_interval(round(v * n), n)) if n else "-"
-            lines.append(f"{case:<28} {v:>9.3f} {ci:>16} {n or '-':>6}")
+            d = json.loads(detail or "{}")  # the interval is stored with the row (harness/serving.py)
+            ci = "{:.3f}-{:.3f}".format(*d["wilson95"]) if d.get("wilson95") else "-"
+            lines.append(f"{case:<28} {v:>9.3f} {ci:>16} {d.get('n') or '-':>6}")
     perf = m[(m["suite"] == "perf") & (m["status"] == "ok")]
     if len(perf):
         piv = perf.pivot_table(index="case", columns="metric", values="value", aggfunc="first")

@@ -234,13 +234,8 @@ class Server:
                 break
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and _group_alive(pgid):
-                if self.proc.poll() is None:
-                    try:
-                        self.proc.wait(timeout=0.2)
-                    except subprocess.TimeoutExpired:
-                        pass
-                else:
-                    time.sleep(0.2)
+                self.proc.poll()  # reaps the leader once it exits, so it does not linger as a zombie
+                time.sleep(0.2)
             if not _group_alive(pgid):
                 break
         if self.proc.poll() is None:

@@ -44,3 +44,16 @@ def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout:
 def write_profile(path: Path, body: str) -> Path:
     path.write_text(body)
     return path
+
+
+def run_op(tmp: Path, profile: str, op: str, timeout: float = 600):
+    """Run the op `op` of tests/ops through the real CLI under `profile` (TOML text): the completed
+    process and the run it stored."""
+    from harness.store import load_run
+
+    prof = write_profile(tmp / "p.toml", profile)
+    store = tmp / "runs"
+    r = run_cli(
+        ["run", "--suite", str(prof), "--store", str(store), "--kernels-dir", str(OPS), "--only", op], timeout=timeout
+    )
+    return r, load_run(next(store.iterdir()))

@@ -9,8 +9,7 @@ import torch
 
 from harness.catalogue import load_op_file
 from harness.ceilings import breaches, default_ceilings
-from harness.store import load_run
-from tests.conftest import OPS, ROOT, needs_sglang, run_cli, write_profile
+from tests.conftest import ROOT, needs_sglang, run_op
 
 op = load_op_file(ROOT / "kernels" / "fp8_block_gemm.py")
 mod = op.module
@@ -146,9 +145,7 @@ def measured(tmp_path_factory):
     if torch.cuda.is_available():
         pytest.skip("the Triton interpreter runs on a CPU host; a GPU host runs the flash cases")
     tmp = tmp_path_factory.mktemp("planted_fp8")
-    prof = write_profile(tmp / "p.toml", PROFILE)
-    r = run_cli(["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS), "--only", OP])
-    run = load_run(next((tmp / "runs").iterdir()))
+    r, run = run_op(tmp, PROFILE, OP)
     m = run.measurements
     over = breaches(m, {OP: CEIL})
     flagged = set(zip(over["impl"], over["case"].str.split("/").str[1]))

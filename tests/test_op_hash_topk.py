@@ -6,8 +6,7 @@ import pytest
 
 from harness.catalogue import load_op_file
 from harness.ceilings import breaches
-from harness.store import load_run
-from tests.conftest import OPS, needs_sglang, run_cli, write_profile
+from tests.conftest import OPS, needs_sglang, run_op
 
 PROFILE = """
 name = "planted"
@@ -22,10 +21,8 @@ T = 64  # tokens of the planted case
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_hash_topk")
-    prof = write_profile(tmp / "p.toml", PROFILE)
-    args = ["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS)]
-    r = run_cli([*args, "--only", "planted_hash_topk"])
-    m = load_run(next((tmp / "runs").iterdir())).measurements
+    r, run = run_op(tmp, PROFILE, "planted_hash_topk")
+    m = run.measurements
     over = set(breaches(m, {"planted_hash_topk": load_op_file(OPS / "planted_hash_topk.py").ceilings})["impl"])
     outcome = m[m["metric"] == "outcome"]
     status = dict(zip(outcome["impl"], outcome["status"]))

@@ -9,8 +9,7 @@ import torch
 from harness.catalogue import load_op_file
 from harness.ceilings import breaches
 from harness.sglang_src import import_module
-from harness.store import load_run
-from tests.conftest import OPS, ROOT, needs_sglang, run_cli, write_profile
+from tests.conftest import ROOT, needs_sglang, run_op
 
 op = load_op_file(ROOT / "kernels" / "indexer_logits.py")
 mod = op.module
@@ -115,10 +114,7 @@ def test_metrics_see_the_tail_and_the_selection():
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_indexer_logits")
-    prof = write_profile(tmp / "p.toml", PROFILE)
-    args = ["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS)]
-    r = run_cli([*args, "--only", "planted_indexer_logits"])
-    run = load_run(next((tmp / "runs").iterdir()))
+    r, run = run_op(tmp, PROFILE, "planted_indexer_logits")
     m = run.measurements
     over = breaches(m, {"planted_indexer_logits": op.ceilings})
     m = m[(m["reference"] == "fp64") & (m["status"] == "ok")]
@@ -161,4 +157,3 @@ def test_tail_conventions_are_visible_not_gated(measured):
     assert v[("planted.seq_lens_ignored", "tail_not_neginf")] > 0
     assert v[("planted.seq_lens_ignored", "calc_diff")] == v[("sglang.torch_sm120", "calc_diff")]
     assert "planted.seq_lens_ignored" not in set(over["impl"])
-

@@ -6,8 +6,7 @@ import pytest
 
 from harness.catalogue import load_op_file
 from harness.ceilings import breaches
-from harness.store import load_run
-from tests.conftest import OPS, needs_sglang, run_cli, write_profile
+from tests.conftest import OPS, needs_sglang, run_op
 
 PROFILE = """
 name = "planted"
@@ -24,21 +23,7 @@ FAULTS = ("scale_from_neighbour", "rope_as_fp8", "page_off_by_one")
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_kv_dequant")
-    prof = write_profile(tmp / "p.toml", PROFILE)
-    r = run_cli(
-        [
-            "run",
-            "--suite",
-            str(prof),
-            "--store",
-            str(tmp / "runs"),
-            "--kernels-dir",
-            str(OPS),
-            "--only",
-            "planted_kv_dequant",
-        ]
-    )
-    run = load_run(next((tmp / "runs").iterdir()))
+    r, run = run_op(tmp, PROFILE, "planted_kv_dequant")
     m = run.measurements
     ceilings = load_op_file(OPS / "planted_kv_dequant.py").ceilings
     over = breaches(m, {"planted_kv_dequant": ceilings})

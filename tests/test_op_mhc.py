@@ -10,8 +10,7 @@ import torch
 
 from harness.catalogue import load_op_file
 from harness.ceilings import breaches
-from harness.store import load_run
-from tests.conftest import OPS, ROOT, needs_sglang, run_cli, write_profile
+from tests.conftest import OPS, ROOT, needs_sglang, run_op
 
 KERNELS = ROOT / "kernels"
 
@@ -20,10 +19,8 @@ def planted_run(tmp: Path, op: str, cases: list[str]):
     """Run tests/ops/<op>.py on `cases`; (completed process, {impl: flagged metrics}, {(impl, case, metric): value})."""
     needs_sglang()
     listed = ", ".join(f'"{c}"' for c in cases)
-    prof = write_profile(tmp / "p.toml", f'name = "planted"\n[kernels]\ncases = [{listed}]\n[kernels.ops.{op}]\n')
-    store = tmp / "runs"
-    r = run_cli(["run", "--suite", str(prof), "--store", str(store), "--kernels-dir", str(OPS), "--only", op])
-    m = load_run(next(store.iterdir())).measurements
+    r, run = run_op(tmp, f'name = "planted"\n[kernels]\ncases = [{listed}]\n[kernels.ops.{op}]\n', op)
+    m = run.measurements
     over = breaches(m, {op: load_op_file(OPS / f"{op}.py").ceilings})
     flagged = {impl: sorted(set(g["metric"])) for impl, g in over.groupby("impl")}
     outcome = m[m["metric"] == "outcome"]

@@ -16,8 +16,7 @@ from harness.catalogue import load_op_file
 from harness.ceilings import breaches
 from harness.inputs import build_inputs
 from harness.op import Case
-from harness.store import load_run
-from tests.conftest import OPS, ROOT, needs_sglang, run_cli, write_profile
+from tests.conftest import OPS, ROOT, needs_sglang, run_op
 
 op = load_op_file(ROOT / "kernels" / "mxfp4_moe.py").module
 
@@ -318,11 +317,8 @@ FAULTS = [
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_mxfp4")
-    prof = write_profile(tmp / "p.toml", PROFILE)
-    args = ["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS)]
-    r = run_cli([*args, "--only", "planted_mxfp4_moe"], timeout=1200)
+    r, run = run_op(tmp, PROFILE, "planted_mxfp4_moe", timeout=1200)
     planted = load_op_file(OPS / "planted_mxfp4_moe.py")
-    run = load_run(next((tmp / "runs").iterdir()))
     m = run.measurements
     over = set(breaches(m, {"planted_mxfp4_moe": planted.ceilings})["impl"])
     m = m[(m["reference"] == "fp64") & (m["status"] == "ok")]

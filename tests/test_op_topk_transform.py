@@ -9,8 +9,7 @@ import torch
 
 from harness.catalogue import load_op_file
 from harness.ceilings import breaches
-from harness.store import load_run
-from tests.conftest import OPS, ROOT, needs_sglang, run_cli, write_profile
+from tests.conftest import ROOT, needs_sglang, run_op
 
 op = load_op_file(ROOT / "kernels" / "topk_transform.py")
 mod = op.module
@@ -119,10 +118,8 @@ def test_decode_row_flags_every_kind_of_bad_slot():
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_topk_transform")
-    prof = write_profile(tmp / "p.toml", PROFILE)
-    args = ["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS)]
-    r = run_cli([*args, "--only", "planted_topk_transform"])
-    m = load_run(next((tmp / "runs").iterdir())).measurements
+    r, run = run_op(tmp, PROFILE, "planted_topk_transform")
+    m = run.measurements
     over = breaches(m, {"planted_topk_transform": op.ceilings})
     return r, m, over
 

@@ -4,8 +4,7 @@ is flagged by the metrics, and the clean kernel is not."""
 import pytest
 
 from harness.ceilings import breaches, default_ceilings
-from harness.store import load_run
-from tests.conftest import OPS, needs_sglang, run_cli, write_profile
+from tests.conftest import needs_sglang, run_op
 
 PROFILE = """
 name = "planted"
@@ -19,11 +18,7 @@ cases = ["tiny"]
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted")
-    prof = write_profile(tmp / "p.toml", PROFILE)
-    r = run_cli(
-        ["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--kernels-dir", str(OPS), "--only", "planted_mla"]
-    )
-    run = load_run(next((tmp / "runs").iterdir()))
+    r, run = run_op(tmp, PROFILE, "planted_mla")
     m = run.measurements
     over = set(breaches(m, {"planted_mla": default_ceilings("bf16")})["impl"])
     m = m[(m["reference"] == "fp64") & (m["status"] == "ok")]
