@@ -309,9 +309,12 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
 
             old = resolve(args.store, args.resume)
             # what was measured stays; failed units and any kernel rows of the profile are redone
-            done_units = set(old.measurements.query("metric == 'outcome' and status == 'ok'")["case"])
-            writer = RunWriter.reopen(old, lambda r: r["suite"] in ("accuracy", "perf") and r["case"] in done_units)
-            done = done_units
+            outcomes = old.measurements[old.measurements["metric"] == "outcome"]
+            done = set(outcomes[outcomes["status"] == "ok"]["case"])
+            redo = set(outcomes["case"]) - done
+            # a unit's rows stay unless it is to be redone (lm-eval's flexible-match case has no outcome
+            # of its own: it rides on gsm8k/lm_eval's)
+            writer = RunWriter.reopen(old, lambda r: r["suite"] in ("accuracy", "perf") and r["case"] not in redo)
         else:
             writer = RunWriter.create(
                 args.store,

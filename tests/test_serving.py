@@ -249,3 +249,24 @@ def test_harness_killed_outright_takes_its_server_down(tmp_path):
     while _procs_with(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _procs_with(marker), "the server outlived a harness killed with SIGKILL"
+
+
+def test_resume_measures_nothing_twice_and_loses_nothing(tmp_path):
+    """Measure lm-eval, then resume the run: nothing is measured again and nothing is lost, lm-eval's
+    flexible-match row (which has no outcome of its own) included."""
+    _needs_clients()
+    url, stop = serve_stub.start_stub(gsm8k_data=str(DATA / "test.jsonl"), gsm8k_accuracy=RATE)
+    try:
+        prof = write_profile(tmp_path / "p.toml", "name = 'r'\n[accuracy]\nlm_eval = { questions = 10 }\n")
+        args = ["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--server-url", url]
+        first = run_cli([*args, "--data-dir", str(DATA)], timeout=600)
+        run_id = first.stdout.strip().splitlines()[-1]
+        again = run_cli([*args, "--data-dir", str(DATA), "--resume", run_id], timeout=600)
+    finally:
+        stop()
+    assert first.returncode == again.returncode == 0, again.stderr[-2000:]
+    run = load_run(tmp_path / "runs" / run_id)
+    m = run.measurements
+    assert len(run.manifest["resumed"]) == 1
+    assert sorted(m[m["metric"] == "gsm8k_acc"]["case"]) == ["gsm8k/lm_eval", "gsm8k/lm_eval_flexible"]
+    assert len(m[m["metric"] == "outcome"]) == 1  # measured once, skipped on resume
