@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     nightly.add_argument("--site", type=Path, help="site folder (default: <store>/site)")
     nightly.add_argument("--server-url", help="attach the serving suites to this running SGLang server")
     nightly.add_argument("--data-dir", type=Path, help="folder with GSM8K's test.jsonl and train.jsonl (offline)")
+    bis = sub.add_parser("bisect", help="find the first SGLang commit between GOOD and BAD that fails the gate")
+    bis.add_argument("good", help="a commit that passes")
+    bis.add_argument("bad", help="a later commit that fails")
+    bis.add_argument("--sglang-src", type=Path, required=True, help="git checkout of SGLang (or its python/ folder)")
+    bis.add_argument("--suite", type=Path, help="kernel profile (default: suites/pr.toml)")
+    bis.add_argument("--only", help="comma-separated op names")
+    bis.add_argument("--store", default="runs")
+    bis.add_argument("--kernels-dir", type=Path)
+    bis.add_argument("--json", action="store_true", help="the result and the steps as JSON on stdout")
     runs = sub.add_parser("runs", help="list the runs of a store")
     runs.add_argument("--store", default="runs")
     runs.add_argument("--json", action="store_true")
@@ -99,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_gate(args)
         if args.command == "nightly":
             return cmd_nightly(args)
+        if args.command == "bisect":
+            return cmd_bisect(args)
         if args.command == "report":
             from harness.report import build
 
@@ -195,6 +206,41 @@ def cmd_nightly(args) -> int:
     return EXIT_INFRA if EXIT_INFRA in codes else max(codes)
 
 
+def cmd_bisect(args) -> int:
+    """Exit: 0 the first bad commit named; 1 skipped commits left it one of several; 2 the range cannot
+    be bisected (BAD passes, GOOD runs nothing, not a checkout); 3 a step could not run; 130 interrupted."""
+    from harness.bisect import BisectError, StepError, bisect, summary
+    from harness.content import content_dir
+    from harness.store import StoreError
+
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        record = bisect(
+            args.sglang_src,
+            args.good,
+            args.bad,
+            store=args.store,
+            suite=args.suite or content_dir("suites") / "pr.toml",
+            only=args.only.split(",") if args.only else None,
+            kernels_dir=args.kernels_dir,
+            say=say,
+        )
+    except BisectError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except (StepError, StoreError) as exc:
+        _err(str(exc))
+        return EXIT_INFRA
+    except KeyboardInterrupt:
+        say("interrupted: the steps run so far are kept in the store")
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(record, default=str))
+    else:
+        print(summary(record))
+    return EXIT_OK if record["first_bad"] else EXIT_GATE
+
+
 def cmd_gate(args) -> int:
     from harness import audit
     from harness.catalogue import CatalogueError, discover
@@ -246,7 +292,13 @@ def cmd_runs(args) -> int:
     return EXIT_OK
 
 
-def cmd_run(args) -> int:
+def run_tagged(argv: list[str], tags: dict) -> int:
+    """`sm120-harness run ARGV` in this process, with `tags` added to the run's manifest (a bisect's
+    steps say which bisect and commit they belong to)."""
+    return cmd_run(_parser().parse_args(["run", *argv]), tags)
+
+
+def cmd_run(args, tags: dict | None = None) -> int:
     from harness.catalogue import CatalogueError, discover
     from harness.content import content_dir
     from harness.profile import ProfileError, load_profile, select
@@ -282,10 +334,10 @@ def cmd_run(args) -> int:
     if args.command == "golden":
         for sel in selections:
             sel.impls = []  # goldens only
-    return _execute(args, profile, selections, has_gpu, "audit" if args.command == "audit" else "kernels")
+    return _execute(args, profile, selections, has_gpu, "audit" if args.command == "audit" else "kernels", tags)
 
 
-def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
+def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | None = None) -> int:
     import torch
 
     from harness import audit
@@ -325,6 +377,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
                     "suites": suites,
                     "git": sglang_git(),
                     "server": None,
+                    **(tags or {}),
                 },
             )
             done = set()

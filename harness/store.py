@@ -359,3 +359,49 @@ def resolve(store: str | Path, ref: str) -> Run:
     if len(match) > 1:
         return max(match, key=lambda r: r.manifest.get("started_at", ""))
     return match[0]
+
+
+BISECTS = "bisects"  # <store>/bisects/<id>.json: a bisect's steps and result (harness/bisect.py)
+
+
+def save_bisect(store: str | Path, record: dict) -> str:
+    """Write (or replace, as the bisect goes on) one bisect's record; returns where it is."""
+    data = (json.dumps(record, indent=2, default=_json_default) + "\n").encode()
+    name = f"{record['id']}.json"
+    if not is_url(store):
+        target = Path(store) / BISECTS / name
+        try:
+            atomic_write(target, data)
+        except OSError as exc:
+            raise StoreError(f"{target}: cannot write the bisect record: {exc}") from exc
+        return str(target)
+    fs, root = fsspec.core.url_to_fs(str(store))
+    target = f"{root}/{BISECTS}/{name}"
+    try:
+        fs.makedirs(f"{root}/{BISECTS}", exist_ok=True)
+        fs.pipe_file(target, data)
+    except Exception as exc:
+        raise StoreError(f"{store}/{BISECTS}/{name}: cannot write the bisect record: {exc}") from exc
+    return fs.unstrip_protocol(target)
+
+
+def list_bisects(store: str | Path) -> list[dict]:
+    """Every bisect record of a store, oldest first."""
+    if is_url(store):
+        fs, root = fsspec.core.url_to_fs(str(store))
+        folder = f"{root}/{BISECTS}"
+        files = sorted(fs.glob(f"{folder}/*.json")) if fs.exists(folder) else []
+        texts = [(fs.unstrip_protocol(f), fs.cat_file(f)) for f in files]
+    else:
+        folder = Path(store) / BISECTS
+        texts = [(str(f), f.read_bytes()) for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    records = []
+    for where, text in texts:
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{where}: not valid JSON ({exc})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("steps"), list):
+            raise StoreError(f"{where}: not a bisect record (no 'steps' list)")
+        records.append(record)
+    return sorted(records, key=lambda r: r.get("started_at", ""))

@@ -1,0 +1,142 @@
+"""bisect: a real git history of SGLang 0.5.23's hash_topk Triton kernel, a numeric fault planted in it
+and the module deleted in a later commit; the bisect names the fault's commit, skips the deletion,
+and never touches the user's working tree. The verdict and the search order on their own, on rows."""
+
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+
+from harness.bisect import BAD, GOOD, SKIP, judge, next_pick
+from harness.profile import GateConfig
+from harness.store import list_bisects, list_runs, row
+from tests.conftest import needs_sglang, run_cli, write_profile
+from tests.sglang_history import FAULTY, PROFILE, SUBJECTS, build
+
+# the commits after the base: the fault first, so the deletion lies between it and BAD; the search
+# tests the deletion first (the middle), and a bisect that took it for good would blame `restore`
+CHANGES = ["fault", "delete", "restore", "touch"]
+
+
+@pytest.fixture(scope="module")
+def bisected(tmp_path_factory):
+    needs_sglang()
+    tmp = tmp_path_factory.mktemp("bisect")
+    repo = tmp / "sglang"
+    shas = build(repo, CHANGES)
+    (repo / "README.md").write_text("a change of the user's, not committed\n")
+    prof = write_profile(tmp / "p.toml", PROFILE)
+    store = tmp / "runs"
+    r = run_cli(
+        ["bisect", shas[0], "main", "--sglang-src", str(repo), "--suite", str(prof), "--store", str(store), "--json"],
+        timeout=500,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return repo, shas, store, json.loads(r.stdout), r
+
+
+def test_names_the_commit_that_planted_the_fault(bisected):
+    repo, shas, _, result, _ = bisected
+    fault = shas[1 + CHANGES.index("fault")]
+    assert result["first_bad"] == fault
+    assert result["subject"] == SUBJECTS["fault"]
+    assert result["candidates"] == [fault]
+    failing = {(f["case"], f["impl"], f["metric"]) for f in result["failing"]}
+    assert ("hash_topk/tiny_t1_s0", "sglang.triton", "calc_diff") in failing
+    assert (
+        FAULTY
+        in subprocess.run(["git", "-C", str(repo), "show", fault], capture_output=True, text=True, check=True).stdout
+    )
+
+
+def test_the_commit_that_deletes_the_module_is_skipped_not_blamed(bisected):
+    _, shas, _, result, _ = bisected
+    verdicts = {s["commit"]: s for s in result["steps"]}
+    deleted = verdicts[shas[1 + CHANGES.index("delete")]]
+    assert deleted["verdict"] == SKIP
+    assert "triton_hash_topk.py does not exist" in deleted["reason"]
+    assert deleted["failing"] == []
+    assert verdicts[shas[0]]["verdict"] == GOOD and verdicts[shas[-1]]["verdict"] == BAD
+    assert [s["role"] for s in result["steps"]] == ["good", "bad", "step", "step"]
+
+
+def test_every_step_is_a_run_tagged_with_its_bisect(bisected):
+    _, _, store, result, r = bisected
+    runs = {run.run_id: run for run in list_runs(store)}
+    assert set(runs) == {s["run_id"] for s in result["steps"]}
+    for s in result["steps"]:
+        m = runs[s["run_id"]].manifest
+        assert m["bisect"] == {"id": result["id"], "commit": s["commit"], "role": s["role"]}
+        assert m["fingerprint"]["sglang_commit"] == s["commit"]
+    assert list_bisects(store) == [result]
+    assert "hash_topk/sglang.cuda" in {o["what"] for o in result["out_of_reach"]}  # no GPU here
+    assert result["status"] == "complete" and r.stdout.count("\n") == 1  # stdout: the JSON alone
+
+
+def test_the_users_checkout_is_left_as_it_was(bisected):
+    repo, shas, _, _, _ = bisected
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True).stdout  # noqa: E731
+    assert git("rev-parse", "HEAD").strip() == shas[-1]
+    assert git("status", "--porcelain").strip() == "M README.md"
+    assert len(git("worktree", "list").splitlines()) == 1
+
+
+def test_a_range_without_a_regression_is_refused(tmp_path):
+    needs_sglang()
+    repo = tmp_path / "sglang"
+    shas = build(repo, ["touch"])
+    prof = write_profile(tmp_path / "p.toml", PROFILE)
+    r = run_cli(["bisect", shas[1], shas[0], "--sglang-src", str(repo), "--suite", str(prof)])
+    assert r.returncode == 2 and "is not an ancestor of BAD" in r.stderr
+    r = run_cli(["bisect", "v9", shas[0], "--sglang-src", str(repo), "--suite", str(prof)])
+    assert r.returncode == 2 and "GOOD 'v9': not a commit" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------- on rows
+
+
+def _outcome(run, status="ok", error=None, impl="sglang.triton"):
+    detail = {"error": error} if error else {}
+    return row(run, "kernels", "op/c", "v1", impl, "outcome", 1.0, unit="s", status=status, detail=detail)
+
+
+def _drift(run, value, impl="sglang.triton"):
+    return row(run, "kernels", "op/c", "v1", impl, "calc_diff", value, reference="fp64")
+
+
+CEILINGS = {"op": {"calc_diff": 1e-9}}
+
+
+def _judge(good, step):
+    return judge(pd.DataFrame(good), pd.DataFrame(step), CEILINGS, GateConfig())
+
+
+def test_verdicts():
+    good = [_outcome("A"), _drift("A", 1e-15)]
+    assert _judge(good, [_outcome("B"), _drift("B", 2e-15)]).verdict == GOOD
+    bad = _judge(good, [_outcome("B"), _drift("B", 1e-3)])
+    assert bad.verdict == BAD and {f.metric for f in bad.failing} == {"calc_diff"}
+    gone = _judge(good, [_outcome("B", "skipped(sglang/x.py does not exist in this SGLang version)")])
+    assert gone.verdict == SKIP and "does not exist" in gone.reason
+    broken = _judge(good, [_outcome("B", "failed", "ImportError: cannot import name 'f' from 'sglang.x'")])
+    assert broken.verdict == SKIP and broken.failing == []
+    # a kernel that raises is a regression, not a commit the harness cannot run
+    assert _judge(good, [_outcome("B", "failed", "RuntimeError: shape mismatch")]).verdict == BAD
+
+
+def test_what_already_fails_at_good_is_no_verdict():
+    good = [_outcome("A"), _drift("A", 1e-3), _outcome("A", "failed", "ValueError: x", impl="sglang.torch")]
+    step = [_outcome("B"), _drift("B", 1.2e-3), _outcome("B", "failed", "ValueError: x", impl="sglang.torch")]
+    assert _judge(good, step).verdict == GOOD
+    # a path that did not run at GOOD either is no reason to skip
+    assert _judge([_outcome("A", "skipped(needs a CUDA GPU)")], [_outcome("B", "skipped(x)")]).verdict == GOOD
+
+
+def test_search_order():
+    # GOOD is -1, BAD the last index: the middle first, around skipped commits nearest it
+    assert next_pick(-1, 4, set()) == 2
+    assert next_pick(-1, 4, {2}) == 1
+    assert next_pick(1, 4, {2}) == 3
+    assert next_pick(1, 3, {2}) is None
+    assert next_pick(-1, 0, set()) is None
