@@ -145,7 +145,7 @@ def cmd_compare(args) -> int:
         return EXIT_USAGE
     result = compare(a.measurements, b.measurements)
     title = f"{b.run_id} against {a.run_id}"
-    md = to_markdown(result, title)
+    md = to_markdown(result, title) + _attribution(args.store, a, b, result)
     if args.md:
         atomic_write(args.md, (md + "\n").encode())
     if args.html:
@@ -162,6 +162,21 @@ def cmd_compare(args) -> int:
         shown = result if args.all else result[result["verdict"] != "same"]
         print(md if not args.all else shown.to_string(index=False))
     return EXIT_OK
+
+
+def _attribution(store: str, baseline, candidate, compared=None) -> str:
+    """The kernels that moved when an end-to-end figure dropped (harness/attribution.py), as Markdown."""
+    from harness.attribution import attribute, markdown
+    from harness.store import StoreError, list_runs
+
+    found = attribute(baseline.measurements, candidate.measurements, compared)
+    others = []
+    if found.drops and not all(found.kernel_rows):  # name the runs of the same commits that hold kernel rows
+        try:
+            others = [r.manifest for r in list_runs(store)]
+        except StoreError:
+            pass
+    return markdown(found, (baseline.manifest, candidate.manifest), others)
 
 
 def cmd_nightly(args) -> int:
@@ -263,6 +278,7 @@ def cmd_gate(args) -> int:
         return EXIT_USAGE
     findings = gate(base.measurements, cand.measurements, breaches(cand.measurements, ceilings), profile.gate)
     md = markdown(findings, f"{cand.run_id} against {base.run_id} ({profile.file})")
+    md += _attribution(args.store, base, cand)
     print(md)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
