@@ -12,9 +12,10 @@ A step's verdict is the gate's against GOOD's run:
            is skipped) or importing it fails (ImportError, SyntaxError); such a path's rows are no
            evidence either way;
     good   otherwise.
-The search tests the middle of the commits between the last good and the first bad one; a skipped
-commit is stepped around, nearest the middle first. When skipped commits are left between the last
-good and the first bad commit, the first bad one is any of them or that one, as git bisect says.
+The search tests the middle of the commits between the last good and the first bad one (BAD itself
+only when the search ends on it); a skipped commit is stepped around, nearest the middle first. When
+skipped commits are left between the last good and the first bad commit, the first bad one is any of
+them or that one, as git bisect says.
 
 The record of a bisect (its steps, the first bad commit and the rows failing there) is written to
 `<store>/bisects/<id>.json` after every step, so an interrupted bisect keeps what it found."""
@@ -140,6 +141,35 @@ def next_pick(lo: int, hi: int, skipped: set[int]) -> int | None:
         return None
     mid = (lo + hi + 1) // 2
     return min(left, key=lambda i: (abs(i - mid), i))
+
+
+def search(
+    n: int, test: Callable[[int], str], say: Callable[[int], None] = lambda left: None
+) -> tuple[int, int, set[int]]:
+    """Bisect commits 0..n-1 after GOOD (GOOD is -1, BAD is n-1) with `test(i)` -> good | bad | skip.
+    BAD is tested only when the search ends on it: a bad commit before it makes that run needless.
+    Returns (the last good index, the first bad index, the skipped indices)."""
+    lo, hi, skipped = -1, n - 1, set()
+    tested_bad = False
+    while True:
+        pick = next_pick(lo, hi, skipped)
+        if pick is None:
+            if hi < n - 1 or tested_bad:
+                return lo, hi, skipped
+            pick = n - 1
+        else:
+            say(hi - lo - 1 - len([i for i in skipped if lo < i < hi]))
+        verdict = test(pick)
+        if pick == n - 1:
+            if verdict != BAD:
+                raise BisectError(f"BAD is {verdict}, not bad: nothing to bisect")
+            tested_bad = True
+        elif verdict == GOOD:
+            lo = pick
+        elif verdict == BAD:
+            hi = pick
+        else:
+            skipped.add(pick)
 
 
 # ------------------------------------------------------------------------------------------------ git
@@ -312,21 +342,17 @@ class Bisect:
             workdir = Path(tmp)
             self.step(good, self.checkout.subject(good), "good", workdir)
             self.record["out_of_reach"] = self._out_of_reach(good, bad)
-            last = self.step(bad, subjects[bad], "bad", workdir)
-            if last["verdict"] != BAD:
-                what = "cannot run there" if last["verdict"] == SKIP else "passes the gate against GOOD"
-                raise BisectError(f"BAD {bad[:12]} {what} ({last['reason']}): nothing to bisect")
-            lo, hi, skipped = -1, len(shas) - 1, set()
-            while (pick := next_pick(lo, hi, skipped)) is not None:
-                left = hi - lo - 1 - len([i for i in skipped if lo < i < hi])
-                self.say(f"bisect {self.record['id']}: {left} commit(s) left to test")
-                verdict = self.step(shas[pick], subjects[shas[pick]], "step", workdir)["verdict"]
-                if verdict == GOOD:
-                    lo = pick
-                elif verdict == BAD:
-                    hi = pick
-                else:
-                    skipped.add(pick)
+
+            def test(i: int) -> str:
+                if i < len(shas) - 1:
+                    return self.step(shas[i], subjects[shas[i]], "step", workdir)["verdict"]
+                last = self.step(bad, subjects[bad], "bad", workdir)
+                if last["verdict"] != BAD:
+                    what = "cannot run there" if last["verdict"] == SKIP else "passes the gate against GOOD"
+                    raise BisectError(f"BAD {bad[:12]} {what} ({last['reason']}): nothing to bisect")
+                return BAD
+
+            lo, hi, _ = search(len(shas), test, lambda left: self.say(f"bisect {self.record['id']}: {left} left"))
         candidates = [shas[i] for i in range(lo + 1, hi + 1)]
         first = shas[hi]
         found = next(s for s in reversed(self.record["steps"]) if s["commit"] == first)

@@ -206,7 +206,9 @@ def cmd_nightly(args) -> int:
         mine = [
             r
             for r in list_runs(args.store)
-            if r.manifest.get("profile", {}).get("name") == profile.name and "audit" not in r.manifest.get("suites", [])
+            if r.manifest.get("profile", {}).get("name") == profile.name
+            and "audit" not in r.manifest.get("suites", [])
+            and "bisect" not in r.manifest  # a bisect's step measured some older commit
         ]
     except StoreError as exc:
         _err(str(exc))

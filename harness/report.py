@@ -4,6 +4,7 @@ is autoescaped.
 
     <out>/index.html             runs, newest first; history; the latest run against the one before it
     <out>/runs/<run_id>.html     one page per run (harness/page.py)
+    <out>/bisects/<id>.html      one page per bisect: its result and steps, linked to their runs
     <out>/img/*.png              drift per op x path over runs; kernel time over runs; % of roofline
 """
 
@@ -17,7 +18,7 @@ import pandas as pd
 from harness.ceilings import breaches, default_ceilings
 from harness.compare import compare
 from harness.page import _env, render_run
-from harness.store import FAILURES, Run, atomic_write, list_runs
+from harness.store import FAILURES, Run, atomic_write, list_bisects, list_runs
 
 HISTORY = 60  # runs shown in the history plots
 
@@ -182,6 +183,19 @@ def _plot_accuracy(runs: list[Run], out: Path) -> Path | None:
     return _save(fig, out)
 
 
+def _bisect_pages(store: Path, out: Path, pages: set[str]) -> list[dict]:
+    """A page per bisect of the store; the records, newest first."""
+    records = list_bisects(store)
+    if records:
+        (out / "bisects").mkdir(exist_ok=True)
+    for b in records:
+        tested = {s["commit"]: s["verdict"] for s in b["steps"]}
+        subjects = {c["commit"]: c["subject"] for c in b.get("commits") or []}
+        html = _env().get_template("bisect.html.j2").render(b=b, tested=tested, subjects=subjects, pages=pages)
+        atomic_write(out / "bisects" / f"{b['id']}.html", html.encode())
+    return list(reversed(records))
+
+
 def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
     runs = sorted(list_runs(store), key=lambda r: r.manifest.get("started_at", ""))
     out = Path(out)
@@ -203,21 +217,23 @@ def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
                 "failed": int(o["status"].isin(FAILURES).sum()) if len(o) else 0,
             }
         )
-    recent = runs[-HISTORY:]
+    # a bisect's steps are runs of commits out of order: their page is the bisect's, not the history
+    history = [r for r in runs if "bisect" not in r.manifest]
+    recent = history[-HISTORY:]
     img = out / "img"
     plots = (
         _plot_throughput(recent, img / "throughput.png"),
         _plot_accuracy(recent, img / "gsm8k.png"),
         _plot_drift(recent, img / "drift.png"),
         _plot_time(recent, img / "time.png"),
-        _plot_roofline(runs[-1], img / "roofline.png") if runs else None,
+        _plot_roofline(history[-1], img / "roofline.png") if history else None,
     )
     images = [p for p in plots if p]
     latest_compare = None
-    if runs:
-        latest = runs[-1]
+    if history:
+        latest = history[-1]
         profile = latest.manifest.get("profile", {}).get("name")
-        previous = [r for r in runs[:-1] if r.manifest.get("profile", {}).get("name") == profile]
+        previous = [r for r in history[:-1] if r.manifest.get("profile", {}).get("name") == profile]
         if previous:
             c = compare(previous[-1].measurements, latest.measurements)
             latest_compare = {
@@ -226,10 +242,11 @@ def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
                 "counts": c["verdict"].value_counts().to_dict(),
                 "rows": c[c["verdict"] != "same"].head(200).to_dict("records"),
             }
+    bisects = _bisect_pages(store, out, {r.run_id for r in runs})
     html = (
         _env()
         .get_template("index.html.j2")
-        .render(runs=list(reversed(rows)), images=[p.name for p in images], compare=latest_compare)
+        .render(runs=list(reversed(rows)), images=[p.name for p in images], compare=latest_compare, bisects=bisects)
     )
     atomic_write(out / "index.html", html.encode())
     return out / "index.html"

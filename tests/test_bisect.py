@@ -8,7 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from harness.bisect import BAD, GOOD, SKIP, judge, next_pick
+from harness.bisect import BAD, GOOD, SKIP, BisectError, judge, next_pick, search
 from harness.profile import GateConfig
 from harness.store import list_bisects, list_runs, row
 from tests.conftest import needs_sglang, run_cli, write_profile
@@ -57,8 +57,9 @@ def test_the_commit_that_deletes_the_module_is_skipped_not_blamed(bisected):
     assert deleted["verdict"] == SKIP
     assert "triton_hash_topk.py does not exist" in deleted["reason"]
     assert deleted["failing"] == []
-    assert verdicts[shas[0]]["verdict"] == GOOD and verdicts[shas[-1]]["verdict"] == BAD
-    assert [s["role"] for s in result["steps"]] == ["good", "bad", "step", "step"]
+    assert verdicts[shas[0]]["verdict"] == GOOD
+    # BAD needs no run of its own once a commit before it is bad
+    assert [s["role"] for s in result["steps"]] == ["good", "step", "step"]
 
 
 def test_every_step_is_a_run_tagged_with_its_bisect(bisected):
@@ -82,7 +83,7 @@ def test_the_users_checkout_is_left_as_it_was(bisected):
     assert len(git("worktree", "list").splitlines()) == 1
 
 
-def test_a_range_without_a_regression_is_refused(tmp_path):
+def test_a_range_that_cannot_be_bisected_is_refused_before_any_run(tmp_path):
     needs_sglang()
     repo = tmp_path / "sglang"
     shas = build(repo, ["touch"])
@@ -140,3 +141,41 @@ def test_search_order():
     assert next_pick(1, 4, {2}) == 3
     assert next_pick(1, 3, {2}) is None
     assert next_pick(-1, 0, set()) is None
+
+
+def test_the_site_links_the_bisect_its_steps_and_its_result(bisected, tmp_path):
+    from harness.report import build
+
+    _, shas, store, result, _ = bisected
+    index = build(store, tmp_path / "site").read_text()
+    assert f'href="bisects/{result["id"]}.html"' in index and SUBJECTS["fault"] in index
+    page = (tmp_path / "site" / "bisects" / f"{result['id']}.html").read_text()
+    assert f"First bad commit: <code>{result['first_bad']}</code>" in page
+    for s in result["steps"]:
+        assert f'href="../runs/{s["run_id"]}.html"' in page
+        assert (tmp_path / "site" / "runs" / f"{s['run_id']}.html").is_file()
+    assert "Latest run against the previous one" not in index  # steps are no history
+    assert shas[1 + CHANGES.index("restore")][:12] in page and "not tested" in page
+
+
+def _search(verdicts: str):
+    """search() over commits whose verdicts are given, one letter each (g, b, s); BAD is the last."""
+    tested = []
+
+    def test(i):
+        tested.append(i)
+        return {"g": GOOD, "b": BAD, "s": SKIP}[verdicts[i]]
+
+    lo, hi, skipped = search(len(verdicts), test)
+    return lo, hi, skipped, tested
+
+
+def test_search():
+    assert _search("ggbbb") == (1, 2, set(), [2, 1])  # BAD (4) never run: 2 is bad already
+    assert _search("gggb") == (2, 3, set(), [1, 2, 3])  # the search ends on BAD: it is run, last
+    lo, hi, skipped, _ = _search("gsbb")  # the skipped 1 leaves 1 and 2 as candidates
+    assert (lo, hi, skipped) == (0, 2, {1})
+    with pytest.raises(BisectError, match="BAD is good"):
+        _search("ggg")
+    with pytest.raises(BisectError, match="BAD is skip"):
+        _search("gs")
