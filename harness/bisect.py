@@ -41,7 +41,7 @@ from harness.ceilings import breaches
 from harness.gate import Finding, gate
 from harness.profile import GateConfig
 from harness.sglang_src import ENV
-from harness.store import new_run_id, now, resolve, save_bisect
+from harness.store import is_url, load_run, new_run_id, now, save_bisect
 
 GOOD, BAD, SKIP = "good", "bad", "skip"
 # errors of a worker that could not load the commit's code, as the worker reports them ("Name: text")
@@ -308,7 +308,8 @@ class Bisect:
         printed = captured.getvalue().split()
         if code not in (EXIT_OK, EXIT_GATE) or not printed:
             raise StepError(f"the run at {sha[:12]} exited with code {code} (see its messages above)")
-        run = resolve(self.store, printed[-1])
+        run_id = printed[-1]  # `run` prints the run id last
+        run = load_run(f"{self.store.rstrip('/')}/{run_id}" if is_url(self.store) else Path(self.store) / run_id)
         if role == "good":
             self.good_rows = run.measurements
             o = _outcomes(run.measurements)
