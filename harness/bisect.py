@@ -421,6 +421,8 @@ def bisect(
         profile = load_profile(suite)
         if profile.kernels is None:
             raise BisectError(f"{suite}: the profile has no [kernels] section to bisect with")
+        if profile.serving:  # a server would be launched from the installed SGLang, not the commit's
+            raise BisectError(f"{suite}: bisect runs kernel profiles; this one has [accuracy] or [perf] too")
         ops = discover(kernels_dir or content_dir("kernels"))
         selections = select(profile, ops, has_gpu=torch.cuda.is_available(), only=only)
     except (ProfileError, CatalogueError, FileNotFoundError) as exc:

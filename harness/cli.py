@@ -145,7 +145,8 @@ def cmd_compare(args) -> int:
         return EXIT_USAGE
     result = compare(a.measurements, b.measurements)
     title = f"{b.run_id} against {a.run_id}"
-    md = to_markdown(result, title) + _attribution(args.store, a, b, result)
+    moved = _attribution(args.store, a, b, result)
+    md = to_markdown(result, title) + moved
     if args.md:
         atomic_write(args.md, (md + "\n").encode())
     if args.html:
@@ -154,6 +155,7 @@ def cmd_compare(args) -> int:
             f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<h1>{html.escape(title)}</h1><p>{html.escape(str(summary_counts(result)))}</p>"
             + shown.to_html(index=False, escape=True, na_rep="")
+            + (f"<pre>{html.escape(moved)}</pre>" if moved else "")
         )
         atomic_write(args.html, page.encode())
     if args.json:
@@ -231,6 +233,8 @@ def cmd_bisect(args) -> int:
     from harness.store import StoreError
 
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    # SIGTERM between steps ends the bisect like ^C: worktrees removed, the record marked interrupted
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         record = bisect(
             args.sglang_src,
@@ -251,6 +255,8 @@ def cmd_bisect(args) -> int:
     except KeyboardInterrupt:
         say("interrupted: the steps run so far are kept in the store")
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(record, default=str))
     else:

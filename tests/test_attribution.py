@@ -125,13 +125,14 @@ def test_compare_and_gate_print_the_attribution(tmp_path):
     store = tmp_path / "runs"
     a = _store_run(store, lambda i: _rows(i, False), "a" * 40, ["kernels", "accuracy", "perf"])
     b = _store_run(store, lambda i: _rows(i, True), "b" * 40, ["kernels", "accuracy", "perf"])
-    r = run_cli(["compare", a, b, "--store", str(store)])
+    r = run_cli(["compare", a, b, "--store", str(store), "--html", str(tmp_path / "c.html")])
     assert r.returncode == 0, r.stderr
     head = next(line for line in r.stdout.splitlines() if "kernels that moved" in line)
     assert head.startswith("GSM8K -2.1 points")
     assert "mla_sparse_decode/sglang.torch failed, mxfp4_moe/sglang.fp4_dequant_triton calc_diff x4.2" in head
     assert "| mxfp4_moe/sglang.fp4_dequant_triton | mxfp4_moe/tiny_e8 (fp64) | calc_diff |" in r.stdout
     assert "deepgemm" not in r.stdout.split("#### Attribution")[1]
+    assert "kernels that moved: mla_sparse_decode/sglang.torch failed" in (tmp_path / "c.html").read_text()
     r = run_cli(["gate", "--baseline", a, "--candidate", b, "--store", str(store)])
     assert r.returncode == 1 and "kernels that moved: mla_sparse_decode/sglang.torch failed" in r.stdout
 
