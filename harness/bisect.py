@@ -6,8 +6,10 @@ never touched) and the profile runs against it, in this process, through SM120_H
 every step is a run of the store whose manifest says `bisect: {id, commit, role}`.
 
 A step's verdict is the gate's against GOOD's run:
-    bad    the gate fails on a row that does not fail at GOOD itself (a ceiling GOOD already crosses, a
-           path already failing there, are GOOD's state, not the regression looked for);
+    bad    the gate fails on something GOOD does not fail on itself: a ceiling GOOD does not cross, a
+           path that did not fail at GOOD, or any change it judges against GOOD (drift `drift_factor`
+           times GOOD's, a slowdown); a ceiling GOOD already crosses, a path already failing there,
+           are GOOD's state, not the regression looked for;
     skip   (git bisect's 125) a path that ran at GOOD cannot run here: its module is missing (the path
            is skipped) or importing it fails (ImportError, SyntaxError); such a path's rows are no
            evidence either way;
@@ -41,7 +43,7 @@ from harness.ceilings import breaches
 from harness.gate import Finding, gate
 from harness.profile import GateConfig
 from harness.sglang_src import ENV
-from harness.store import is_url, load_run, new_run_id, now, save_bisect
+from harness.store import FAILURES, is_url, load_run, new_run_id, now, save_bisect
 
 GOOD, BAD, SKIP = "good", "bad", "skip"
 # errors of a worker that could not load the commit's code, as the worker reports them ("Name: text")
@@ -63,10 +65,6 @@ class Judgement:
     verdict: str  # good | bad | skip
     reason: str
     failing: list[Finding] = field(default_factory=list)
-
-
-def _key(f: Finding) -> tuple[str, str, str, str]:
-    return f.case, f.impl, f.reference, f.metric
 
 
 def _failing(findings: list[Finding]) -> list[Finding]:
@@ -106,6 +104,30 @@ def already_failing(good: pd.DataFrame, ceilings: dict[str, dict[str, float]], c
     return _failing(gate(good, good, breaches(good, ceilings), cfg))
 
 
+def new_failures(
+    good: pd.DataFrame, step: pd.DataFrame, ceilings: dict[str, dict[str, float]], cfg: GateConfig
+) -> list[Finding]:
+    """The gate's failures of `step` against GOOD that GOOD does not have itself: a ceiling crossed
+    that GOOD does not cross; a path failing that did not fail at GOOD; and every change the gate
+    judges against GOOD (drift `drift_factor` times GOOD's, a slowdown), on any row."""
+    everything = _failing(gate(good, step, breaches(step, ceilings), cfg))
+    changes = _failing(gate(good, step, step.iloc[0:0], cfg))  # the same gate without the ceilings
+    over = breaches(good, ceilings)
+    crossed_at_good = {
+        (c, i, "" if pd.isna(r) else r, m)
+        for c, i, r, m in zip(over["case"], over["impl"], over["reference"], over["metric"])
+    }
+    status_at_good = dict(zip(zip(good["case"], good["impl"], good["metric"]), good["status"]))
+    out = []
+    for f in everything:
+        if f not in changes:  # a ceiling
+            if (f.case, f.impl, f.reference, f.metric) not in crossed_at_good:
+                out.append(f)
+        elif not (f.metric == "outcome" and status_at_good.get((f.case, f.impl, f.metric)) in FAILURES):
+            out.append(f)
+    return out
+
+
 def _golden(detail: str | None) -> bool:
     try:
         return bool(json.loads(detail or "{}").get("golden"))
@@ -115,13 +137,8 @@ def _golden(detail: str | None) -> bool:
 
 def judge(good: pd.DataFrame, step: pd.DataFrame, ceilings: dict[str, dict[str, float]], cfg: GateConfig) -> Judgement:
     """The verdict of one step's rows against GOOD's (see the module docstring)."""
-    known = {_key(f) for f in already_failing(good, ceilings, cfg)}
     cannot = unrunnable(good, step)
-    new = [
-        f
-        for f in _failing(gate(good, step, breaches(step, ceilings), cfg))
-        if _key(f) not in known and (f.case, f.impl) not in cannot
-    ]
+    new = [f for f in new_failures(good, step, ceilings, cfg) if (f.case, f.impl) not in cannot]
     if new:
         first = new[0]
         more = f" (and {len(new) - 1} more)" if len(new) > 1 else ""
@@ -480,9 +497,11 @@ def summary(record: dict) -> str:
     if failing:
         at = (record.get("failing_at") or "")[:12]
         lines.append(f"failing at {at}:")
+        whats: dict[tuple, list[str]] = {}  # a row over its ceiling is often also a change against GOOD
         for f in failing:
-            ref = f" ({f['reference']})" if f["reference"] else ""
-            lines.append(f"  {f['case']}  {f['impl']}{ref}  {f['metric']}: {f['what']}")
+            whats.setdefault((f["case"], f["impl"], f["reference"], f["metric"]), []).append(f["what"])
+        for (case, impl, ref, metric), what in whats.items():
+            lines.append(f"  {case}  {impl}{f' ({ref})' if ref else ''}  {metric}: {'; '.join(what)}")
     lines.append("steps:")
     for s in record["steps"]:
         lines.append(

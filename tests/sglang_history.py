@@ -6,6 +6,7 @@ files around it, in SGLang's layout (`python/sglang/...`), then one commit per c
     fault    a numeric fault planted in the real kernel: exp2 where the softplus needs exp
     delete   the kernel file removed (the harness cannot run that commit)
     restore  the kernel file back as it was before the delete
+    prebuilt an edit of sgl-kernel/, SGLang's compiled extension (built once, installed: out of reach)
 
 Used by tests/test_bisect.py and benchmarks/bisect_walltime.py."""
 
@@ -35,6 +36,7 @@ SUBJECTS = {
     "fault": "hash_topk_triton: exp2 in the softplus",
     "delete": "moe: move triton_hash_topk out of kernels/ops",
     "restore": "moe: bring triton_hash_topk back",
+    "prebuilt": "sgl-kernel: hash_topk launch bounds",
 }
 
 
@@ -83,6 +85,10 @@ def build(repo: Path, changes: list[str]) -> list[str]:
             kernel.unlink()
         elif change == "restore":
             kernel.write_text(kept)
+        elif change == "prebuilt":
+            cu = repo / "sgl-kernel" / "csrc" / "moe" / "hash_topk.cu"
+            cu.parent.mkdir(parents=True, exist_ok=True)
+            cu.write_text(f"// launch bounds, edit {n}\n")
         else:
             raise ValueError(f"unknown change {change!r}")
         _git(repo, "add", "-A")

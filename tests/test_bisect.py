@@ -16,7 +16,7 @@ from tests.sglang_history import FAULTY, PROFILE, SUBJECTS, build
 
 # the commits after the base: the fault first, so the deletion lies between it and BAD; the search
 # tests the deletion first (the middle), and a bisect that took it for good would blame `restore`
-CHANGES = ["fault", "delete", "restore", "touch"]
+CHANGES = ["fault", "delete", "restore", "prebuilt"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,9 @@ def test_every_step_is_a_run_tagged_with_its_bisect(bisected):
         assert m["bisect"] == {"id": result["id"], "commit": s["commit"], "role": s["role"]}
         assert m["fingerprint"]["sglang_commit"] == s["commit"]
     assert list_bisects(store) == [result]
-    assert "hash_topk/sglang.cuda" in {o["what"] for o in result["out_of_reach"]}  # no GPU here
+    out_of_reach = {o["what"]: o["why"] for o in result["out_of_reach"]}
+    assert "hash_topk/sglang.cuda" in out_of_reach  # no GPU here
+    assert "the range changes 1 file(s) there" in out_of_reach["sgl-kernel/"]
     assert result["status"] == "complete" and r.stdout.count("\n") == 1  # stdout: the JSON alone
 
 
@@ -130,6 +132,13 @@ def test_what_already_fails_at_good_is_no_verdict():
     good = [_outcome("A"), _drift("A", 1e-3), _outcome("A", "failed", "ValueError: x", impl="sglang.torch")]
     step = [_outcome("B"), _drift("B", 1.2e-3), _outcome("B", "failed", "ValueError: x", impl="sglang.torch")]
     assert _judge(good, step).verdict == GOOD
+    # but the gate's judgement against GOOD holds on any row: ten times GOOD's drift is a regression
+    worse = _judge(
+        good, [_outcome("B"), _drift("B", 1e-2), _outcome("B", "failed", "ValueError: x", impl="sglang.torch")]
+    )
+    assert worse.verdict == BAD and [(f.impl, f.metric, f.what) for f in worse.failing] == [
+        ("sglang.triton", "calc_diff", "0.001 -> 0.01")
+    ]
     # a path that did not run at GOOD either is no reason to skip
     assert _judge([_outcome("A", "skipped(needs a CUDA GPU)")], [_outcome("B", "skipped(x)")]).verdict == GOOD
 
