@@ -384,14 +384,14 @@ class Bisect:
         return self.record
 
     def _out_of_reach(self, good: str, bad: str) -> list[dict]:
-        """What this bisect cannot judge: paths that did not run at GOOD here, and SGLang's prebuilt
-        extension when the range changes its sources."""
+        """What this bisect cannot judge: SGLang paths that did not run at GOOD here, and SGLang's
+        prebuilt extension when the range changes its sources."""
         out = []
         o = _outcomes(self.good_rows)
         seen = set()
-        for case, impl, status in zip(o["case"], o["impl"], o["status"]):
+        for case, impl, status, detail in zip(o["case"], o["impl"], o["status"], o["detail"]):
             key = (case.split("/", 1)[0], impl)
-            if status.startswith("skipped") and key not in seen:
+            if status.startswith("skipped") and key not in seen and not _golden(detail):
                 seen.add(key)
                 out.append({"what": f"{key[0]}/{impl}", "why": status})
         changed = self.checkout.changes(good, bad, PREBUILT)
