@@ -8,7 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from harness.bisect import BAD, GOOD, SKIP, BisectError, judge, next_pick, search
+from harness.bisect import BAD, GOOD, SKIP, BisectError, judge, next_pick, search, summary
 from harness.profile import GateConfig
 from harness.store import list_bisects, list_runs, row
 from tests.conftest import needs_sglang, run_cli, write_profile
@@ -48,6 +48,15 @@ def test_names_the_commit_that_planted_the_fault(bisected):
         FAULTY
         in subprocess.run(["git", "-C", str(repo), "show", fault], capture_output=True, text=True, check=True).stdout
     )
+
+
+def test_the_printed_result(bisected):
+    _, shas, _, result, _ = bisected
+    text = summary(result)
+    assert text.startswith(f"first bad commit: {result['first_bad']} {SUBJECTS['fault']}\n")
+    assert "  hash_topk/tiny_t1_s0  sglang.triton (fp64)  calc_diff: " in text
+    assert f"  skip  {shas[1 + CHANGES.index('delete')][:12]}  step" in text
+    assert "out of reach: sgl-kernel/: the range changes 1 file(s) there" in text
 
 
 def test_the_commit_that_deletes_the_module_is_skipped_not_blamed(bisected):
