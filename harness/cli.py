@@ -196,9 +196,8 @@ def cmd_nightly(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from harness import audit
+    from harness import audit, judge
     from harness.catalogue import CatalogueError, discover
-    from harness.ceilings import breaches
     from harness.content import content_dir
     from harness.gate import gate, markdown
     from harness.profile import ProfileError, load_profile, select
@@ -209,20 +208,24 @@ def cmd_gate(args) -> int:
         stored_profile = Path(cand.manifest.get("profile", {}).get("file", ""))
         suite = args.suite or (stored_profile if stored_profile.is_file() else content_dir("suites") / "smoke.toml")
         profile = load_profile(suite)
-        ops = discover(args.kernels_dir or content_dir("kernels"))
-        has_gpu = bool((cand.manifest.get("fingerprint", {}).get("gpu") or {}).get("count"))
-        ceilings = {s.op.name: {**audit.CEILINGS, **s.ceilings} for s in select(profile, ops, has_gpu=has_gpu)}
+        limits = cand.manifest.get("limits")
+        if not isinstance(limits, dict):  # a run from before its limits were stored: the profile's
+            ops = discover(args.kernels_dir or content_dir("kernels"))
+            has_gpu = bool((cand.manifest.get("fingerprint", {}).get("gpu") or {}).get("count"))
+            limits = {s.op.name: {**audit.CEILINGS, **s.ceilings} for s in select(profile, ops, has_gpu=has_gpu)}
     except (StoreError, ProfileError, CatalogueError, FileNotFoundError) as exc:
         _err(str(exc))
         return EXIT_USAGE
-    findings = gate(base.measurements, cand.measurements, breaches(cand.measurements, ceilings), profile.gate)
+    # the baseline is held to the candidate's limits, so a limit it crossed too is told apart
+    over, over_before = judge.breaches(cand, with_limits=limits), judge.breaches(base, with_limits=limits)
+    findings = gate(base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before)
     md = markdown(findings, f"{cand.run_id} against {base.run_id} ({profile.file})")
     print(md)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         with open(summary_file, "a", encoding="utf-8") as f:
             f.write(md + "\n")
-    return EXIT_GATE if any(f.allowed_by is None for f in findings) else EXIT_OK
+    return EXIT_GATE if any(f.failing for f in findings) else EXIT_OK
 
 
 def cmd_runs(args) -> int:
@@ -288,18 +291,18 @@ def cmd_run(args) -> int:
 def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     import torch
 
-    from harness import audit
-    from harness.ceilings import breaches
+    from harness import audit, judge
     from harness.console import Progress, audit_summary, serving_summary, summary
     from harness.content import content_dir
     from harness.fingerprint import fingerprint, redact, sglang_git
     from harness.page import render_run
     from harness.parity import Settings, run_kernels
-    from harness.store import FAILURES, RunWriter, StoreError, load_run
+    from harness.store import RunWriter, StoreError, load_run
     from harness.worker import kill_all
 
     fp = fingerprint()
     serving = suite == "kernels" and args.command == "run" and profile.serving
+    limits = judge.resolve(profile, selections, audit=suite == "audit", serving=serving)
     suites = ([suite] if selections else []) + (
         [n for n in ("accuracy", "perf") if getattr(profile, n) is not None] if serving else []
     )
@@ -315,6 +318,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
             # a unit's rows stay unless it is to be redone (lm-eval's flexible-match case has no outcome
             # of its own: it rides on gsm8k/lm_eval's)
             writer = RunWriter.reopen(old, lambda r: r["suite"] in ("accuracy", "perf") and r["case"] not in redo)
+            writer.manifest.setdefault("limits", limits)  # a run from before limits were stored
         else:
             writer = RunWriter.create(
                 args.store,
@@ -325,6 +329,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
                     "suites": suites,
                     "git": sglang_git(),
                     "server": None,
+                    "limits": limits,
                 },
             )
             done = set()
@@ -403,11 +408,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
         writer.finish(status)
 
     run = load_run(writer.dir)
-    extra = audit.CEILINGS if suite == "audit" else {}
-    limits = {s.op.name: {**extra, **s.ceilings} for s in selections}
-    if serving and profile.accuracy is not None and profile.accuracy.run_eval:
-        limits["gsm8k/run_eval"] = {"gsm8k_acc": profile.accuracy.run_eval["floor"]}  # upstream's gate
-    over = breaches(run.measurements, limits)
+    over = judge.breaches(run)
     page = render_run(run, over, writer.artifacts / "report.html")
     if writer.publish_to:
         try:
@@ -418,7 +419,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     if selections:
         progress.say("\n" + (audit_summary if suite == "audit" else summary)(run.measurements, over))
     m = run.measurements
-    broken = m[m["status"].isin(FAILURES) & ((m["metric"] == "outcome") | (m["suite"] == "audit"))]
+    broken = judge.broken(run)
     if serving:
         progress.say("\n" + serving_summary(m))
     if code == EXIT_OK and (len(over) or len(broken)):
