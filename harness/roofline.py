@@ -34,7 +34,7 @@ def peaks(gpu_name: str) -> tuple[float, float] | None:
 @dataclass(frozen=True)
 class Timing:
     samples_us: list[float]
-    mode: str  # "cuda_graph" or "eager"
+    mode: str  # "cuda_graph", "eager", or "cpu"
 
     @property
     def median_us(self) -> float:
@@ -95,6 +95,28 @@ def time_cuda(
         ends[i].record()
     torch.cuda.synchronize()
     return Timing([s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)], mode)
+
+
+def time_cpu(fn: Callable[[], object], *, repeats: int, warmup: int) -> Timing:
+    """The CPU time of each call (Triton's interpreter, PyTorch's CPU kernels): what the statistics of
+    a comparison are tested on where there is no GPU, not a kernel's speed. On one thread, timed by
+    that thread's own CPU clock, so neither the other processes of a shared machine nor a thread
+    pool's spinning adds to it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(repeats):
+            t0 = time.thread_time_ns()
+            fn()
+            samples.append((time.thread_time_ns() - t0) / 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    return Timing(samples, "cpu")
 
 
 def roofline(median_us: float, bytes_moved: float, flops: float, peak: tuple[float, float]) -> dict[str, float]:

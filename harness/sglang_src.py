@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from harness.environment import drop_orphans, missing_module
 from harness.op import Unavailable
 
 ENV = "SM120_HARNESS_SGLANG_SRC"
@@ -57,7 +58,12 @@ def import_module(dotted: str) -> ModuleType:
     root = require_root()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    before = set(sys.modules)
     try:
         return importlib.import_module(dotted)
-    except ModuleNotFoundError as exc:
-        raise Unavailable(f"importing {dotted} needs {exc.name!r}, which is not installed") from exc
+    except Exception as exc:
+        drop_orphans(before)
+        missing = missing_module(exc)
+        if missing:
+            raise Unavailable(f"{missing} (importing {dotted})") from exc
+        raise

@@ -191,12 +191,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(path, inputs, case, timing: dict) -> dict:
-    from harness.roofline import time_cuda
+def _time(path, inputs, case, timing: dict, device: str) -> dict:
+    from harness.roofline import time_cpu, time_cuda
 
     try:
         fn = path.timed(inputs, case) if path.timed else (lambda: path.run(inputs, case))
-        t = time_cuda(fn, repeats=timing["repeats"], warmup=timing["warmup"], cuda_graph=timing["cuda_graph"])
+        if device == "cuda":
+            t = time_cuda(fn, repeats=timing["repeats"], warmup=timing["warmup"], cuda_graph=timing["cuda_graph"])
+        else:
+            t = time_cpu(fn, repeats=timing["repeats"], warmup=timing["warmup"])
         return {"timing": {"samples_us": t.samples_us, "mode": t.mode}}
     except Exception as exc:  # the drift is measured already; a timing that fails is said, not fatal
         traceback.print_exc()
@@ -218,6 +221,7 @@ def child(job_file: str) -> int:
     from safetensors.torch import save_file
 
     from harness.catalogue import load_op_file
+    from harness.environment import missing_module
     from harness.inputs import cached_inputs, digest, to_device
     from harness.op import ORACLE, Unavailable
     from harness.triton_capture import install_from_env
@@ -246,13 +250,18 @@ def child(job_file: str) -> int:
             save_file(out, str(tmp))
             os.replace(tmp, target)
             detail = {}
-            if job.timing and job.device == "cuda" and path.name != ORACLE:  # the oracle is not a kernel
-                detail = _time(path, dev_inputs, cases[name], job.timing)
+            timed_here = job.device == "cuda" or job.timing and job.timing.get("on_cpu")
+            if job.timing and timed_here and path.name != ORACLE:  # the oracle is not a kernel
+                detail = _time(path, dev_inputs, cases[name], job.timing, job.device)
             emit(event="result", case=name, status="ok", seconds=seconds, digest=dig, detail=detail)
         except Unavailable as exc:
             emit(event="result", case=name, status=f"skipped({exc})", seconds=time.perf_counter() - t0)
         except Exception as exc:  # a failing kernel is a measurement, not the end of the run
             traceback.print_exc()
+            missing = missing_module(exc)
+            if missing:  # the host lacks a package of the path's import chain: not the path's fault
+                emit(event="result", case=name, status=f"skipped({missing})", seconds=time.perf_counter() - t0)
+                continue
             emit(
                 event="result",
                 case=name,
