@@ -292,6 +292,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
     import torch
 
     from harness import audit, judge
+    from harness import metrics as M
     from harness.console import Progress, audit_summary, serving_summary, summary
     from harness.content import content_dir
     from harness.fingerprint import fingerprint, redact, sglang_git
@@ -312,7 +313,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
 
             old = resolve(args.store, args.resume)
             # what was measured stays; failed units and any kernel rows of the profile are redone
-            outcomes = old.measurements[old.measurements["metric"] == "outcome"]
+            outcomes = old.measurements[old.measurements["metric"] == M.OUTCOME]
             done = set(outcomes[outcomes["status"] == "ok"]["case"])
             redo = set(outcomes["case"]) - done
             # a unit's rows stay unless it is to be redone (lm-eval's flexible-match case has no outcome
@@ -430,7 +431,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str) -> int:
 
         stored = 0
         wanted = {(s.op.name, g) for s in selections for g in (s.listed_goldens or s.goldens)}
-        for _, o in m[(m["metric"] == "outcome") & (m["status"] == "ok")].iterrows():
+        for _, o in m[(m["metric"] == M.OUTCOME) & (m["status"] == "ok")].iterrows():
             if (o["case"].split("/", 1)[0], o["impl"]) not in wanted:
                 continue
             detail = json.loads(o["detail"])

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness import metrics as M
+
 # name fragment -> (memory GB/s, dense BF16 tensor TFLOP/s), from the vendors' datasheets
 PEAKS: dict[str, tuple[float, float]] = {
     "RTX PRO 6000": (1792.0, 503.8),
@@ -126,9 +128,9 @@ def roofline(median_us: float, bytes_moved: float, flops: float, peak: tuple[flo
     gbps, tflops = bytes_moved / seconds / 1e9, flops / seconds / 1e12
     bound_s = max(bytes_moved / (peak[0] * 1e9), flops / (peak[1] * 1e12))
     return {
-        "gbps": gbps,
-        "tflops": tflops,
+        M.GBPS: gbps,
+        M.TFLOPS: tflops,
         "bw_frac": gbps / peak[0],
         "compute_frac": tflops / peak[1],
-        "roofline_frac": bound_s / seconds,
+        M.ROOFLINE_FRAC: bound_s / seconds,
     }
