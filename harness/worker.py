@@ -206,6 +206,12 @@ def _time(path, inputs, case, timing: dict, device: str) -> dict:
         return {"timing_error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000]}
 
 
+def _where(exc: BaseException) -> str:
+    """The frame that raised `exc` (a bare `KeyError: 'sglang'` says nothing of where it came from)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    return f"{tb[-1].filename}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
+
+
 def child(job_file: str) -> int:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever the kernels print lands in the log, not in the protocol
@@ -267,7 +273,10 @@ def child(job_file: str) -> int:
                 case=name,
                 status="failed",
                 seconds=time.perf_counter() - t0,
-                detail={"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]},
+                detail={
+                    "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
+                    "raised_at": _where(exc),
+                },
             )
             if job.device == "cuda" and "CUDA" in str(exc):
                 # a sticky CUDA error poisons the context: let a fresh worker take the next case

@@ -177,7 +177,8 @@ def test_limits_environment_skips_and_failures_before_through_the_cli(tmp_path):
     assert out.loc["broken_import", "status"] == "failed"
     assert "harness.no_such_module" in json.loads(out.loc["broken_import", "detail"])["error"]
     assert out.loc["raises", "status"] == "failed"
-    assert "ValueError: planted: shapes do not match" in json.loads(out.loc["raises", "detail"])["error"]
+    raised = json.loads(out.loc["raises", "detail"])
+    assert raised["error"] == "ValueError: planted: shapes do not match" and "judged.py:" in raised["raised_at"]
 
     assert run.manifest["limits"]["judged"][M.MAX_ABS] == 1e-4  # judged with the op's own, and stored
     page = (run.dir / "artifacts" / "report.html").read_text()
