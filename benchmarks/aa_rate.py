@@ -12,7 +12,7 @@ wall time of the Triton interpreter and PyTorch's CPU kernels (a test of the sta
 kernel's speed).
 
     python benchmarks/aa_rate.py [--suite suites/pr.toml] [--only hash_topk,kv_dequant] [--n 10]
-        [--slowed 10] [--slowdown 1.05] [--repeats 50] [--store DIR] [--json FILE]
+        [--slowed 10] [--slowdown 1.05] [--repeats 50] [--store DIR] [--json FILE] [--budget-s S]
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=50, help="timing repeats per path and case")
     ap.add_argument("--store", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the report as JSON")
+    ap.add_argument("--budget-s", type=float, help="start no run that would end past this many seconds")
     args = ap.parse_args()
     if args.n < 2:
         raise SystemExit("--n: at least 2 runs to make a pair")
@@ -115,10 +116,22 @@ def main() -> int:
         store = args.store or tmp / "runs"
         profile = timed_profile(args.suite, ops, args.repeats, tmp / "aa.toml")
         kdir = kernels_dir(tmp)
-        print(f"{args.n} unchanged runs of {','.join(ops)} + planted_slowdown, {args.repeats} repeats")
-        same = [run(profile, store, kdir, [*ops, "planted_slowdown"], 1.0) for _ in range(args.n)]
-        print(f"{args.slowed or args.n} runs of planted_slowdown x{args.slowdown}")
-        slowed = [run(profile, store, kdir, ["planted_slowdown"], args.slowdown) for _ in range(args.slowed or args.n)]
+        m = args.slowed if args.slowed is not None else args.n
+        print(f"{args.n} unchanged runs of {','.join(ops)} + planted_slowdown, {m} slowed x{args.slowdown}")
+        # interleaved, so a drift of the machine over time (clocks, heat) falls on both sides alike
+        plan = [(True, i) for i in range(args.n)] + [(False, i) for i in range(m)]
+        plan.sort(key=lambda p: p[1] / (args.n if p[0] else m))
+        same, slowed, took = [], [], {True: 0.0, False: 0.0}
+        for unchanged, _ in plan:
+            if args.budget_s and time.monotonic() - t0 + took[unchanged] > args.budget_s and len(same) >= 2 and slowed:
+                print(f"  stopping: the next run would pass --budget-s {args.budget_s:g}")
+                break
+            t1 = time.monotonic()
+            if unchanged:
+                same.append(run(profile, store, kdir, [*ops, "planted_slowdown"], 1.0))
+            else:
+                slowed.append(run(profile, store, kdir, ["planted_slowdown"], args.slowdown))
+            took[unchanged] = time.monotonic() - t1
         runs = {rid: load_run(store / rid) for rid in same + slowed}
 
         rows: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # metric -> [judged rows, not same]
@@ -146,7 +159,7 @@ def main() -> int:
         fam = "timing" if M.family(metric) in (M.TIMING, M.RATE) else M.family(metric)
         by_family[fam][0] += n
         by_family[fam][1] += bad
-    n_pairs = args.n * (args.n - 1) // 2
+    n_pairs = len(same) * (len(same) - 1) // 2
 
     def shares(counts: dict[str, list[int]]) -> dict:
         return {k: {"rows": n, "not_same": bad, "share": bad / n} for k, (n, bad) in counts.items()}
@@ -154,7 +167,7 @@ def main() -> int:
     report = {
         "suite": str(args.suite),
         "ops": ops,
-        "runs": {"unchanged": args.n, "slowed": args.slowed or args.n, "aa_pairs": n_pairs},
+        "runs": {"unchanged": len(same), "slowed": len(slowed), "aa_pairs": n_pairs},
         "repeats": args.repeats,
         "device": (runs[same[0]].manifest.get("fingerprint", {}).get("gpu") or {}).get("names") or ["cpu"],
         "aa_not_same_by_metric": shares(rows),
