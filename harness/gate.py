@@ -81,7 +81,7 @@ def gate(
             p = "" if math.isnan(r["p_value"]) else f"p={r['p_value']:.2g}"
             if family in M.PERF_FAMILIES:
                 if not math.isnan(change) and abs(change) >= cfg.perf_regression:
-                    what = f"{change:+.1%} ({p or r['reason']})"
+                    what = f"{change:+.1%} ({p})" if p else r["reason"]  # the reason names the fallback rule
             elif family == M.ACCURACY:
                 what = f"accuracy {r['baseline']:.3f} -> {r['candidate']:.3f} ({p})"
             elif math.isnan(change) or r["candidate"] >= cfg.drift_factor * r["baseline"]:
