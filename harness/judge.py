@@ -65,8 +65,3 @@ def broken(run: Run) -> pd.DataFrame:
     if m.empty:
         return m
     return m[m["status"].isin(FAILURES) & ((m["metric"] == M.OUTCOME) | (m["suite"] == "audit"))]
-
-
-def passed(run: Run, kernels_dir: Path | None = None) -> bool:
-    """A run passes when nothing crossed a limit and nothing failed."""
-    return breaches(run, kernels_dir).empty and broken(run).empty
