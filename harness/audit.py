@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness import metrics as M
 from harness.store import read_journal
 
 SM120_SHARED_BYTES = 101376  # cudaDevAttrMaxSharedMemoryPerBlockOptin on compute capability 12.0
@@ -29,7 +30,7 @@ SM120 = ((12, 0), (12, 1))
 # instructions of SM90/SM100 that SM120 does not have: warpgroup MMA, 5th-gen tensor core and TMEM
 FORBIDDEN_PTX = re.compile(r"\b(wgmma\.[\w.]+|tcgen05\.[\w.]+)")
 FORBIDDEN_SASS = re.compile(r"\b(HGMMA|UTCHMMA|UTCQMMA|UTCMMA|UTCBAR|LDTM|STTM)\b")
-CEILINGS = {"shared_bytes": float(SM120_SHARED_BYTES), "forbidden_instructions": 0.0}
+CEILINGS = {M.SHARED_BYTES: float(SM120_SHARED_BYTES), M.FORBIDDEN_INSTRUCTIONS: 0.0}
 
 
 def variants(launch: dict) -> list[dict]:
@@ -127,7 +128,7 @@ def compile_one(v: dict, arch: int = 120) -> dict:
     ptx = kernel.asm["ptx"]
     target = re.search(r"^\.target\s+(\S+)", ptx, re.MULTILINE)
     found = {
-        "shared_bytes": int(kernel.metadata.shared),
+        M.SHARED_BYTES: int(kernel.metadata.shared),
         "num_warps": int(kernel.metadata.num_warps),
         "num_stages": int(kernel.metadata.num_stages),
         "target": target.group(1) if target else None,
@@ -194,7 +195,7 @@ def run_audit(selections, writer, settings) -> None:
                                 op,
                                 impl,
                                 "capture",
-                                "kernels",
+                                M.KERNELS,
                                 float("nan"),
                                 unit="count",
                                 status=f"skipped(cannot run it here to capture its launches: {reason})",
@@ -233,7 +234,7 @@ def run_audit(selections, writer, settings) -> None:
                         op,
                         impl,
                         "capture",
-                        "kernels",
+                        M.KERNELS,
                         float(len(todo)),
                         unit="count",
                         status=status,
@@ -248,7 +249,7 @@ def run_audit(selections, writer, settings) -> None:
                     lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k),
                 )
                 writer.add(rows)
-                over = sum(1 for r in rows if r["metric"] == "shared_bytes" and r["value"] > SM120_SHARED_BYTES)
+                over = sum(1 for r in rows if r["metric"] == M.SHARED_BYTES and r["value"] > SM120_SHARED_BYTES)
                 print(
                     f"{op}  {impl}  {status}: {len(todo)} kernel variant(s) compiled for sm_120a, "
                     f"{over} over {SM120_SHARED_BYTES} B of shared memory",
@@ -286,7 +287,7 @@ def _compile_rows(todo: list[dict], stem: Path, settings, add) -> list[dict]:
             rows.append(
                 add(
                     k,
-                    "shared_bytes",
+                    M.SHARED_BYTES,
                     float("nan"),
                     unit="B",
                     status="crashed",
@@ -296,16 +297,16 @@ def _compile_rows(todo: list[dict], stem: Path, settings, add) -> list[dict]:
             continue
         if not f["ok"]:
             rows.append(
-                add(k, "shared_bytes", float("nan"), unit="B", status="failed", detail={**spec, "error": f["error"]})
+                add(k, M.SHARED_BYTES, float("nan"), unit="B", status="failed", detail={**spec, "error": f["error"]})
             )
             continue
         forbidden = sorted(set(f["ptx_forbidden"]) | set(f.get("sass_forbidden", [])))
         detail = {**spec, "target": f["target"], "num_warps": f["num_warps"], "num_stages": f["num_stages"]}
-        rows.append(add(k, "shared_bytes", f["shared_bytes"], unit="B", detail={**detail, "limit": SM120_SHARED_BYTES}))
-        if "registers" in f:
-            rows.append(add(k, "registers", f["registers"], unit="count", detail=detail))
-            rows.append(add(k, "spill_bytes", f["local_bytes"], unit="B", detail={**detail, "stack": f["stack_bytes"]}))
+        rows.append(add(k, M.SHARED_BYTES, f[M.SHARED_BYTES], unit="B", detail={**detail, "limit": SM120_SHARED_BYTES}))
+        if M.REGISTERS in f:
+            rows.append(add(k, M.REGISTERS, f[M.REGISTERS], unit="count", detail=detail))
+            rows.append(add(k, M.SPILL_BYTES, f["local_bytes"], unit="B", detail={**detail, "stack": f["stack_bytes"]}))
         rows.append(
-            add(k, "forbidden_instructions", float(len(forbidden)), unit="count", detail={**detail, "found": forbidden})
+            add(k, M.FORBIDDEN_INSTRUCTIONS, float(len(forbidden)), unit="count", detail={**detail, "found": forbidden})
         )
     return rows

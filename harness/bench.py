@@ -15,9 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# the result line's keys, and the names they are stored under (all latencies in ms)
-LATENCIES = {"ttft": "ttft_ms", "itl": "itl_ms", "tpot": "tpot_ms", "e2e_latency": "e2e_ms"}
-STATS = ("mean", "median", "p90", "p99")
+from harness import metrics as M
 
 
 @dataclass(frozen=True)
@@ -93,8 +91,8 @@ def metrics(result: dict, num_prompts: int) -> dict[str, float]:
     completed = int(result.get("completed") or 0)
     if completed != num_prompts:
         raise PointError(f"{num_prompts - completed} of {num_prompts} requests failed (completed {completed})")
-    m = {"output_tok_s": float(result["output_throughput"]), "request_s": float(result["request_throughput"])}
-    for key, name in LATENCIES.items():
-        for stat in STATS:
-            m[f"{name}_{stat}"] = float(result[f"{stat}_{key}_ms"])
+    m = {M.OUTPUT_TOK_S: float(result["output_throughput"]), M.REQUEST_S: float(result["request_throughput"])}
+    for key in M.LATENCIES:
+        for stat in M.LATENCY_STATS:
+            m[M.latency(key, stat)] = float(result[f"{stat}_{key}_ms"])
     return m

@@ -12,6 +12,9 @@ import math
 
 import pandas as pd
 
+from harness import metrics as M
+from harness.op import ORACLE
+
 CALC_DIFF = {"fp32": 1e-9, "tf32": 1e-6, "bf16": 1e-5, "fp8": 1e-3, "fp4": 1e-2, "fp4x2": 2e-2}
 
 
@@ -20,7 +23,7 @@ def default_ceilings(dtype: str) -> dict[str, float]:
         raise ValueError(f"DTYPE {dtype!r} has no default ceiling (known: {', '.join(CALC_DIFF)})")
     # one row may drift more than the whole tensor; five times the global ceiling still catches a
     # single corrupted scale or index (tests/test_planted_faults.py)
-    return {"calc_diff": CALC_DIFF[dtype], "worst_row_calc_diff": 5 * CALC_DIFF[dtype], "nonfinite_mismatch": 0.0}
+    return {M.CALC_DIFF: CALC_DIFF[dtype], M.WORST_ROW_CALC_DIFF: 5 * CALC_DIFF[dtype], M.NONFINITE_MISMATCH: 0.0}
 
 
 def breaches(rows: pd.DataFrame, ceilings: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -33,7 +36,7 @@ def breaches(rows: pd.DataFrame, ceilings: dict[str, dict[str, float]]) -> pd.Da
     # rmse_ratio, whose reference is always a golden kernel
     ok = rows[
         (rows["status"] == "ok")
-        & (rows["reference"].isna() | rows["reference"].isin(["fp64"]) | (rows["metric"] == "rmse_ratio"))
+        & (rows["reference"].isna() | rows["reference"].isin([ORACLE]) | (rows["metric"] == M.RMSE_RATIO))
     ]
     # keyed by op (a case's first part), or by a whole case where one case has its own limit
     limit = [

@@ -265,9 +265,8 @@ def cmd_bisect(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from harness import audit
+    from harness import audit, judge
     from harness.catalogue import CatalogueError, discover
-    from harness.ceilings import breaches
     from harness.content import content_dir
     from harness.gate import gate, markdown
     from harness.profile import ProfileError, load_profile, select
@@ -278,13 +277,17 @@ def cmd_gate(args) -> int:
         stored_profile = Path(cand.manifest.get("profile", {}).get("file", ""))
         suite = args.suite or (stored_profile if stored_profile.is_file() else content_dir("suites") / "smoke.toml")
         profile = load_profile(suite)
-        ops = discover(args.kernels_dir or content_dir("kernels"))
-        has_gpu = bool((cand.manifest.get("fingerprint", {}).get("gpu") or {}).get("count"))
-        ceilings = {s.op.name: {**audit.CEILINGS, **s.ceilings} for s in select(profile, ops, has_gpu=has_gpu)}
+        limits = cand.manifest.get("limits")
+        if not isinstance(limits, dict):  # a run from before its limits were stored: the profile's
+            ops = discover(args.kernels_dir or content_dir("kernels"))
+            has_gpu = bool((cand.manifest.get("fingerprint", {}).get("gpu") or {}).get("count"))
+            limits = {s.op.name: {**audit.CEILINGS, **s.ceilings} for s in select(profile, ops, has_gpu=has_gpu)}
     except (StoreError, ProfileError, CatalogueError, FileNotFoundError) as exc:
         _err(str(exc))
         return EXIT_USAGE
-    findings = gate(base.measurements, cand.measurements, breaches(cand.measurements, ceilings), profile.gate)
+    # the baseline is held to the candidate's limits, so a limit it crossed too is told apart
+    over, over_before = judge.breaches(cand, with_limits=limits), judge.breaches(base, with_limits=limits)
+    findings = gate(base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before)
     md = markdown(findings, f"{cand.run_id} against {base.run_id} ({profile.file})")
     md += _attribution(args.store, base, cand)
     print(md)
@@ -292,7 +295,7 @@ def cmd_gate(args) -> int:
     if summary_file:
         with open(summary_file, "a", encoding="utf-8") as f:
             f.write(md + "\n")
-    return EXIT_GATE if any(f.allowed_by is None for f in findings) else EXIT_OK
+    return EXIT_GATE if any(f.failing for f in findings) else EXIT_OK
 
 
 def cmd_runs(args) -> int:
@@ -364,18 +367,19 @@ def cmd_run(args, tags: dict | None = None) -> int:
 def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | None = None) -> int:
     import torch
 
-    from harness import audit
-    from harness.ceilings import breaches
+    from harness import audit, judge
+    from harness import metrics as M
     from harness.console import Progress, audit_summary, serving_summary, summary
     from harness.content import content_dir
     from harness.fingerprint import fingerprint, redact, sglang_git
     from harness.page import render_run
     from harness.parity import Settings, run_kernels
-    from harness.store import FAILURES, RunWriter, StoreError, load_run
+    from harness.store import RunWriter, StoreError, load_run
     from harness.worker import kill_all
 
     fp = fingerprint()
     serving = suite == "kernels" and args.command == "run" and profile.serving
+    limits = judge.resolve(profile, selections, audit=suite == "audit", serving=serving)
     suites = ([suite] if selections else []) + (
         [n for n in ("accuracy", "perf") if getattr(profile, n) is not None] if serving else []
     )
@@ -385,12 +389,13 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
 
             old = resolve(args.store, args.resume)
             # what was measured stays; failed units and any kernel rows of the profile are redone
-            outcomes = old.measurements[old.measurements["metric"] == "outcome"]
+            outcomes = old.measurements[old.measurements["metric"] == M.OUTCOME]
             done = set(outcomes[outcomes["status"] == "ok"]["case"])
             redo = set(outcomes["case"]) - done
             # a unit's rows stay unless it is to be redone (lm-eval's flexible-match case has no outcome
             # of its own: it rides on gsm8k/lm_eval's)
             writer = RunWriter.reopen(old, lambda r: r["suite"] in ("accuracy", "perf") and r["case"] not in redo)
+            writer.manifest.setdefault("limits", limits)  # a run from before limits were stored
         else:
             writer = RunWriter.create(
                 args.store,
@@ -401,6 +406,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
                     "suites": suites,
                     "git": sglang_git(),
                     "server": None,
+                    "limits": limits,
                     **(tags or {}),
                 },
             )
@@ -480,11 +486,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
         writer.finish(status)
 
     run = load_run(writer.dir)
-    extra = audit.CEILINGS if suite == "audit" else {}
-    limits = {s.op.name: {**extra, **s.ceilings} for s in selections}
-    if serving and profile.accuracy is not None and profile.accuracy.run_eval:
-        limits["gsm8k/run_eval"] = {"gsm8k_acc": profile.accuracy.run_eval["floor"]}  # upstream's gate
-    over = breaches(run.measurements, limits)
+    over = judge.breaches(run)
     page = render_run(run, over, writer.artifacts / "report.html")
     if writer.publish_to:
         try:
@@ -495,7 +497,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
     if selections:
         progress.say("\n" + (audit_summary if suite == "audit" else summary)(run.measurements, over))
     m = run.measurements
-    broken = m[m["status"].isin(FAILURES) & ((m["metric"] == "outcome") | (m["suite"] == "audit"))]
+    broken = judge.broken(run)
     if serving:
         progress.say("\n" + serving_summary(m))
     if code == EXIT_OK and (len(over) or len(broken)):
@@ -506,7 +508,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
 
         stored = 0
         wanted = {(s.op.name, g) for s in selections for g in (s.listed_goldens or s.goldens)}
-        for _, o in m[(m["metric"] == "outcome") & (m["status"] == "ok")].iterrows():
+        for _, o in m[(m["metric"] == M.OUTCOME) & (m["status"] == "ok")].iterrows():
             if (o["case"].split("/", 1)[0], o["impl"]) not in wanted:
                 continue
             detail = json.loads(o["detail"])

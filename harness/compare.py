@@ -11,62 +11,51 @@ Rows are aligned on (suite, case, impl, reference, metric); a differing case_ver
 
 "Statistically real": Mann-Whitney on the samples of repeated timings and throughputs; McNemar on
 per-question samples (0/1) of an accuracy; a figure with no samples (a drift metric, computed once on
-identical inputs) is judged by its threshold alone."""
+identical inputs) is judged by its threshold alone. Where the samples are too few for the test ever to
+reach ALPHA (3 repeats a side: Mann-Whitney's least p is 0.081), the change counts only if the two
+runs' samples do not overlap at all, and the reason says so; a change past its threshold that this
+rule does not confirm is `same`, its reason marked "~" (as asv marks a change it cannot confirm). A
+figure derived from a timing (harness/metrics.py) takes that timing's verdict. Thresholds and tests
+per metric: harness/metrics.py."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pandas as pd
 
-from harness import stats
+from harness import metrics, stats
 from harness.console import fmt
 from harness.store import FAILURES
 
 KEY = ["suite", "case", "impl", "reference", "metric"]
-ALPHA = 0.05
-
-
-@dataclass(frozen=True)
-class Threshold:
-    relative: float  # |b - a| / |a| past which a change counts
-    floor: float = 0.0  # changes of values both below this are noise (a drift of 1e-12 doubling)
-
-
-# per metric: how big a change must be to count
-THRESHOLDS: dict[str, Threshold] = {
-    "time_us": Threshold(0.02),
-    "gbps": Threshold(0.02),
-    "tflops": Threshold(0.02),
-    "roofline_frac": Threshold(0.02),
-    "time_ratio": Threshold(0.02),
-    "output_tok_s": Threshold(0.02),
-    "request_s": Threshold(0.02),
-    "gsm8k_acc": Threshold(0.01),
-    "outcome": Threshold(math.inf),  # its value is wall seconds, JIT included: never a verdict of its own
-}
-DRIFT = Threshold(1.0, floor=1e-9)  # drift figures: twice as large (or half) is a change
-
-
-def threshold(metric: str) -> Threshold:
-    if metric in THRESHOLDS:
-        return THRESHOLDS[metric]
-    if metric.endswith("nonfinite_mismatch") or metric in (
-        "shared_bytes",
-        "registers",
-        "spill_bytes",
-        "forbidden_instructions",
-        "kernels",
-    ):
-        return Threshold(0.0)  # counts: any change is one
-    return DRIFT
+ALPHA = metrics.ALPHA
 
 
 def _samples(v) -> list[float]:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return []
     return [float(x) for x in v]
+
+
+def _significance(m: metrics.Metric, sa: list[float], sb: list[float], change: float) -> tuple[bool, float, str]:
+    """(is the change real, its p-value, why) for the samples of two runs."""
+    binary = set(sa) | set(sb) <= {0.0, 1.0}
+    if binary and len(sa) == len(sb):  # the same questions, answered by both runs
+        only_a = sum(1 for x, y in zip(sa, sb) if x == 1 and y == 0)
+        only_b = sum(1 for x, y in zip(sa, sb) if x == 0 and y == 1)
+        p = stats.mcnemar_p(only_a, only_b)
+        return p < ALPHA, p, f"{change:+.1%} is within the noise (p={p:.2g})"
+    least = metrics.least_p(metrics.MANN_WHITNEY, len(sa), len(sb))
+    if least < ALPHA:
+        p = stats.mann_whitney_p(sa, sb)
+        return p < ALPHA, p, f"{change:+.1%} is within the noise (p={p:.2g})"
+    # too few samples for the test to ever reach ALPHA: the stated fallback rule instead
+    apart = min(sa) > max(sb) or min(sb) > max(sa)
+    few = f"{len(sa)} and {len(sb)} samples cannot reach p<{ALPHA:g} (least p {least:.2g})"
+    if len(sa) < metrics.FALLBACK_SAMPLES or len(sb) < metrics.FALLBACK_SAMPLES or not apart:
+        return False, math.nan, f"~ {change:+.1%}: {few}, and the fallback rule ({metrics.FALLBACK_RULE}) does not hold"
+    return True, math.nan, f"{few}; by the fallback rule, {metrics.FALLBACK_RULE}"
 
 
 def _judge(a: pd.Series, b: pd.Series) -> tuple[str, float, float, str]:
@@ -83,25 +72,21 @@ def _judge(a: pd.Series, b: pd.Series) -> tuple[str, float, float, str]:
                 "value became NaN" if math.isnan(vb) else "value no longer NaN",
             )
         )
-    t = threshold(b["metric"])
+    m = metrics.get(b["metric"])
     change = (vb - va) / abs(va) if va != 0 else (0.0 if vb == 0 else math.inf)
     worse = vb > va if b["better"] == "lower" else vb < va
-    if max(abs(va), abs(vb)) < t.floor or abs(change) <= t.relative:
-        return "same", change, math.nan, f"within {t.relative:.0%}" if t.relative < math.inf else "not judged"
+    if max(abs(va), abs(vb)) < m.floor or abs(change) <= m.change:
+        return "same", change, math.nan, f"within {m.change:.0%}" if m.change < math.inf else "not judged"
     sa, sb = _samples(a["samples"]), _samples(b["samples"])
-    p = math.nan
+    p, why = math.nan, ""
     if sa and sb:
-        binary = set(sa) | set(sb) <= {0.0, 1.0}
-        if binary and len(sa) == len(sb):  # the same questions, answered by both runs
-            only_a = sum(1 for x, y in zip(sa, sb) if x == 1 and y == 0)
-            only_b = sum(1 for x, y in zip(sa, sb) if x == 0 and y == 1)
-            p = stats.mcnemar_p(only_a, only_b)
-        else:
-            p = stats.mann_whitney_p(sa, sb)
-        if p >= ALPHA:
-            return "same", change, p, f"{change:+.1%} is within the noise (p={p:.2g})"
+        real, p, why = _significance(m, sa, sb, change)
+        if not real:
+            return "same", change, p, why
     verdict = "regressed" if worse else "improved"
-    return verdict, change, p, f"{change:+.1%}" + (f", p={p:.2g}" if not math.isnan(p) else "")
+    if not math.isnan(p):
+        why = f"p={p:.2g}"
+    return verdict, change, p, f"{change:+.1%}" + (f", {why}" if why else "")
 
 
 def _side(r: pd.Series, s: str) -> pd.Series:
@@ -144,7 +129,23 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
                 row.update(change=change, p_value=p)
         row.update(verdict=verdict, reason=reason)
         out.append(row)
+    _follow_sources(out)
     return pd.DataFrame(out, columns=KEY + ["baseline", "candidate", "change", "p_value", "verdict", "reason"])
+
+
+def _follow_sources(rows: list[dict]) -> None:
+    """A figure derived from a timing (GB/s, TFLOP/s, % of roofline, the ratio to a golden) takes that
+    timing's verdict and p-value: one measurement, one verdict. Its own change is kept."""
+    judged = {tuple(r[k] for k in KEY): r for r in rows}
+    for r in rows:
+        source = metrics.get(r["metric"]).derived_from
+        if source is None or r["verdict"] not in ("same", "regressed", "improved"):
+            continue
+        # the timing is the path's own, against no reference (a time_ratio's reference is its golden)
+        t = judged.get((r["suite"], r["case"], r["impl"], "", source))
+        if t is None or t["verdict"] not in ("same", "regressed", "improved"):
+            continue
+        r.update(verdict=t["verdict"], p_value=t["p_value"], reason=f"as {source}: {t['reason']}")
 
 
 def summary_counts(result: pd.DataFrame) -> dict[str, int]:

@@ -7,11 +7,15 @@ import json
 import math
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from harness import metrics as M
 from harness.op import ORACLE
-from harness.worker import Result
+
+if TYPE_CHECKING:  # the worker (and what it imports) stays out of readers of runs
+    from harness.worker import Result
 
 
 def fmt(v: float) -> str:
@@ -33,7 +37,7 @@ class Progress:
 
     def result(self, op: str, case: str, path: str, result: Result, rows: list[dict]) -> None:
         self.done += 1
-        calc = next((r["value"] for r in rows if r["metric"] == "calc_diff" and r["reference"] == ORACLE), None)
+        calc = next((r["value"] for r in rows if r["metric"] == M.CALC_DIFF and r["reference"] == ORACLE), None)
         extra = f"  calc_diff {fmt(calc)}" if calc is not None else ""
         err = result.detail.get("error")
         extra += f"  ({err.splitlines()[0][:120]})" if err and result.status != "ok" else ""
@@ -48,11 +52,11 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
     if df.empty:
         return "no measurements"
     over = set(zip(breaches["case"], breaches["impl"], breaches["reference"].fillna(""), breaches["metric"]))
-    outcome = df[df["metric"] == "outcome"]
-    goldens = sorted(set(df.loc[df["metric"] == "rmse_ratio", "reference"].dropna()))
-    timed = bool((df["metric"] == "time_us").any())
-    head = ["case", "path", "status", "calc_diff", "worst_row", "max_abs"] + [f"rmse/{g}" for g in goldens]
-    head += ["time_us", "roofline"] if timed else []
+    outcome = df[df["metric"] == M.OUTCOME]
+    goldens = sorted(set(df.loc[df["metric"] == M.RMSE_RATIO, "reference"].dropna()))
+    timed = bool((df["metric"] == M.TIME_US).any())
+    head = ["case", "path", "status", M.CALC_DIFF, "worst_row", M.MAX_ABS] + [f"rmse/{g}" for g in goldens]
+    head += [M.TIME_US, "roofline"] if timed else []
     lines = [head]
     for _, o in outcome.iterrows():
         sub = df[(df["case"] == o["case"]) & (df["impl"] == o["impl"])]
@@ -71,12 +75,12 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
                 o["case"],
                 o["impl"],
                 status,
-                cell("calc_diff", ORACLE),
-                cell("worst_row_calc_diff", ORACLE),
-                cell("max_abs", ORACLE),
+                cell(M.CALC_DIFF, ORACLE),
+                cell(M.WORST_ROW_CALC_DIFF, ORACLE),
+                cell(M.MAX_ABS, ORACLE),
             ]
-            + [cell("rmse_ratio", g) for g in goldens]
-            + ([cell("time_us", None), cell("roofline_frac", None)] if timed else [])
+            + [cell(M.RMSE_RATIO, g) for g in goldens]
+            + ([cell(M.TIME_US, None), cell(M.ROOFLINE_FRAC, None)] if timed else [])
         )
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
@@ -101,18 +105,18 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
             return str(int(v)) + ("!" if (case, impl, metric) in over else "")
 
         status = status if len(status) <= 40 else status[:37] + "..."
-        if "kernels" in vals:
-            lines.append([case, impl, status, f"{fmt(vals['kernels'])} kernel variant(s)", "", "", ""])
+        if M.KERNELS in vals:
+            lines.append([case, impl, status, f"{fmt(vals[M.KERNELS])} kernel variant(s)", "", "", ""])
             continue
         lines.append(
             [
                 case,
                 impl,
                 status,
-                cell("shared_bytes"),
-                cell("registers"),
-                cell("spill_bytes"),
-                cell("forbidden_instructions"),
+                cell(M.SHARED_BYTES),
+                cell(M.REGISTERS),
+                cell(M.SPILL_BYTES),
+                cell(M.FORBIDDEN_INSTRUCTIONS),
             ]
         )
     widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
@@ -123,9 +127,9 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
 def serving_summary(m: pd.DataFrame) -> str:
     """GSM8K per tool with its interval, then tok/s and median TTFT/ITL per sweep point."""
     lines = []
-    out = m[m["metric"] == "outcome"]
+    out = m[m["metric"] == M.OUTCOME]
     failed = out[(out["suite"].isin(["accuracy", "perf"])) & (out["status"] != "ok")]
-    acc = m[(m["metric"] == "gsm8k_acc") & (m["status"] == "ok")]
+    acc = m[(m["metric"] == M.GSM8K_ACC) & (m["status"] == "ok")]
     if len(acc):
         lines.append(f"{'GSM8K':<28} {'accuracy':>9} {'95% interval':>16} {'n':>6}")
         for case, v, detail in zip(acc["case"], acc["value"], acc["detail"]):
@@ -139,10 +143,11 @@ def serving_summary(m: pd.DataFrame) -> str:
         lines.append(f"\n{'point':<32} {'out tok/s':>10} {'req/s':>8} {'TTFT ms':>9} {'ITL ms':>8} {'repeats':>7}")
         for case in order:
             r = piv.loc[case]
-            reps = perf[(perf["case"] == case) & (perf["metric"] == "output_tok_s")]["samples"].iloc[0]
+            reps = perf[(perf["case"] == case) & (perf["metric"] == M.OUTPUT_TOK_S)]["samples"].iloc[0]
             lines.append(
-                f"{case:<32} {fmt(r.get('output_tok_s')):>10} {fmt(r.get('request_s')):>8} "
-                f"{fmt(r.get('ttft_ms_median')):>9} {fmt(r.get('itl_ms_median')):>8} {len(reps):>7}"
+                f"{case:<32} {fmt(r.get(M.OUTPUT_TOK_S)):>10} {fmt(r.get(M.REQUEST_S)):>8} "
+                f"{fmt(r.get(M.latency('ttft', 'median'))):>9} {fmt(r.get(M.latency('itl', 'median'))):>8} "
+                f"{len(reps):>7}"
             )
     for case, detail in zip(failed["case"], failed["detail"]):
         lines.append(f"FAILED {case}: {str(detail)[:300]}")

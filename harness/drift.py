@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from harness import metrics as M
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -140,14 +142,14 @@ def drift(
     mr, mr_at = max_rel(x, ref, valid, floor=atol)
     wr, wr_at = worst_row_calc_diff(x, ref, valid)
     return [
-        Metric("calc_diff", calc_diff(x, ref, valid)),
-        Metric("worst_row_calc_diff", wr, detail={"row": wr_at}),
-        Metric("cosine", cosine(x, ref, valid), better="higher"),
-        Metric("max_abs", ma, detail={"index": ma_at}),
-        Metric("max_rel", mr, detail={"index": mr_at, "floor": atol}),
-        Metric("frac_outside_tol", frac_outside(x, ref, atol, rtol, valid), detail={"atol": atol, "rtol": rtol}),
-        Metric("nonfinite_mismatch", float(nonfinite_mismatch(x, ref, valid)), unit="count"),
-        Metric("rmse", rmse(x, ref, valid)),
+        Metric(M.CALC_DIFF, calc_diff(x, ref, valid)),
+        Metric(M.WORST_ROW_CALC_DIFF, wr, detail={"row": wr_at}),
+        Metric(M.COSINE, cosine(x, ref, valid), better="higher"),
+        Metric(M.MAX_ABS, ma, detail={"index": ma_at}),
+        Metric(M.MAX_REL, mr, detail={"index": mr_at, "floor": atol}),
+        Metric(M.FRAC_OUTSIDE_TOL, frac_outside(x, ref, atol, rtol, valid), detail={"atol": atol, "rtol": rtol}),
+        Metric(M.NONFINITE_MISMATCH, float(nonfinite_mismatch(x, ref, valid)), unit="count"),
+        Metric(M.RMSE, rmse(x, ref, valid)),
     ]
 
 

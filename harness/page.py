@@ -10,6 +10,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from harness import metrics as M
 from harness.console import fmt
 from harness.content import content_dir
 from harness.op import ORACLE
@@ -32,12 +33,12 @@ def _table(df: pd.DataFrame, over: set) -> list[dict]:
     ref = df["reference"].where(df["reference"].notna(), None)  # pandas 3 reads nulls as NaN
     figures: dict[tuple[str, str], list[dict]] = {}
     for case, impl, r, metric, value in zip(df["case"], df["impl"], ref, df["metric"], df["value"]):
-        if metric != "outcome":
+        if metric != M.OUTCOME:
             figures.setdefault((case, impl), []).append(
                 {"metric": metric, "reference": r, "value": value, "over": (case, impl, r or "", metric) in over}
             )
     out = []
-    o = df[df["metric"] == "outcome"]
+    o = df[df["metric"] == M.OUTCOME]
     for case, impl, status, seconds, detail in zip(o["case"], o["impl"], o["status"], o["value"], o["detail"]):
         detail = json.loads(detail or "{}")
         out.append(
@@ -65,18 +66,18 @@ def _table(df: pd.DataFrame, over: set) -> list[dict]:
     return out
 
 
-STANDARD = {"calc_diff", "worst_row_calc_diff", "max_abs", "frac_outside_tol", "cosine", "max_rel"}
-STANDARD |= {"nonfinite_mismatch", "rmse"}
+STANDARD = set(M.STANDARD_DRIFT)
 
 
-PERF_COLUMNS = ("output_tok_s", "request_s", "ttft_ms_median", "ttft_ms_p99", "itl_ms_median", "itl_ms_p99")
-PERF_COLUMNS += ("tpot_ms_median", "e2e_ms_median")
+PERF_COLUMNS = (M.OUTPUT_TOK_S, M.REQUEST_S, M.latency("ttft", "median"), M.latency("ttft", "p99"))
+PERF_COLUMNS += (M.latency("itl", "median"), M.latency("itl", "p99"), M.latency("tpot", "median"))
+PERF_COLUMNS += (M.latency("e2e_latency", "median"),)
 
 
 def _serving(run: Run, df: pd.DataFrame, over: set) -> dict:
     """The server, GSM8K per evaluation, the sweep per point, and what failed."""
     acc, perf, failed = [], [], []
-    a = df[(df["metric"] == "gsm8k_acc") & (df["status"] == "ok")]
+    a = df[(df["metric"] == M.GSM8K_ACC) & (df["status"] == "ok")]
     for case, value, detail in zip(a["case"], a["value"], a["detail"]):
         d = json.loads(detail or "{}")
         lo, hi = d.get("wilson95") or (None, None)
@@ -90,12 +91,12 @@ def _serving(run: Run, df: pd.DataFrame, over: set) -> dict:
                 "stderr": d.get("stderr"),
                 "floor": d.get("floor"),
                 "tool": d.get("tool", ""),
-                "over": (case, "server", "", "gsm8k_acc") in over,
+                "over": (case, "server", "", M.GSM8K_ACC) in over,
             }
         )
-    p = df[(df["suite"] == "perf") & (df["status"] == "ok") & (df["metric"] != "outcome")]
+    p = df[(df["suite"] == "perf") & (df["status"] == "ok") & (df["metric"] != M.OUTCOME)]
     for case, g in p.groupby("case", sort=False):
-        tok = g[g["metric"] == "output_tok_s"]
+        tok = g[g["metric"] == M.OUTPUT_TOK_S]
         samples = list(tok["samples"].iloc[0]) if len(tok) and tok["samples"].iloc[0] is not None else []
         perf.append(
             {
@@ -107,7 +108,7 @@ def _serving(run: Run, df: pd.DataFrame, over: set) -> dict:
             }
         )
     perf.sort(key=lambda r: (r["case"].rsplit("/c", 1)[0], int(r["case"].rsplit("/c", 1)[1])))
-    o = df[(df["metric"] == "outcome") & df["suite"].isin(["accuracy", "perf"]) & (df["status"] != "ok")]
+    o = df[(df["metric"] == M.OUTCOME) & df["suite"].isin(["accuracy", "perf"]) & (df["status"] != "ok")]
     for case, status, detail in zip(o["case"], o["status"], o["detail"]):
         failed.append({"case": case, "status": status, "error": json.loads(detail or "{}").get("error", "")})
     return {"server": run.manifest.get("server"), "accuracy": acc, "perf": perf, "failed": failed}

@@ -15,6 +15,7 @@ from queue import Queue
 from safetensors.torch import load_file
 
 from harness import drift
+from harness import metrics as M
 from harness.inputs import cached_inputs
 from harness.op import ORACLE, Case
 from harness.profile import Selection
@@ -175,7 +176,7 @@ class _OpRun:
         detail = {**result.detail, "digest": result.digest, "golden": self.op.paths[name].golden}
         if self.op.paths[name].golden and result.status == "ok":
             detail["source"] = self.source.setdefault((case.name, name), "live")
-        outcome = self._row(case, name, "outcome", result.seconds, unit="s", status=result.status, detail=detail)
+        outcome = self._row(case, name, M.OUTCOME, result.seconds, unit="s", status=result.status, detail=detail)
         with self.lock:
             if self.s.cancelled.is_set():
                 return
@@ -190,7 +191,7 @@ class _OpRun:
             self._row(
                 case,
                 name,
-                "time_us",
+                M.TIME_US,
                 t.median_us,
                 unit="us",
                 samples=t.samples_us,
@@ -210,14 +211,14 @@ class _OpRun:
                 "bw_frac": r["bw_frac"],
                 "compute_frac": r["compute_frac"],
             }
-            rows.append(self._row(case, name, "gbps", r["gbps"], unit="GB/s", better="higher", detail=detail))
-            rows.append(self._row(case, name, "tflops", r["tflops"], unit="TFLOP/s", better="higher", detail=detail))
-            rows.append(self._row(case, name, "roofline_frac", r["roofline_frac"], better="higher", detail=detail))
+            rows.append(self._row(case, name, M.GBPS, r[M.GBPS], unit="GB/s", better="higher", detail=detail))
+            rows.append(self._row(case, name, M.TFLOPS, r[M.TFLOPS], unit="TFLOP/s", better="higher", detail=detail))
+            rows.append(self._row(case, name, M.ROOFLINE_FRAC, r[M.ROOFLINE_FRAC], better="higher", detail=detail))
         if not self.op.paths[name].golden:
             for golden in self.sel.goldens:
                 ref = self.times.get((case.name, golden))
                 if golden != ORACLE and ref:
-                    rows.append(self._row(case, name, "time_ratio", t.median_us / ref, reference=golden, unit="x"))
+                    rows.append(self._row(case, name, M.TIME_RATIO, t.median_us / ref, reference=golden, unit="x"))
         return rows
 
     def _valid(self, case: Case) -> dict:
@@ -287,6 +288,6 @@ class _OpRun:
             v = valid.get(primary)
             src = {"reference_source": self.source.get((case.name, golden), "live")}
             calc, ratio = drift.calc_diff(outs[primary], g, v), drift.rmse_ratio(outs[primary], g, ref[primary], v)
-            rows.append(self._row(case, name, "calc_diff", calc, reference=golden, detail=src))
-            rows.append(self._row(case, name, "rmse_ratio", ratio, reference=golden, unit="x", detail=src))
+            rows.append(self._row(case, name, M.CALC_DIFF, calc, reference=golden, detail=src))
+            rows.append(self._row(case, name, M.RMSE_RATIO, ratio, reference=golden, unit="x", detail=src))
         return rows

@@ -42,27 +42,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from harness import metrics as M
 from harness.bench import Shape
 from harness.catalogue import Op
 from harness.op import ORACLE, Case
 from harness.server import ServerConfig
 
 # metrics that can carry a ceiling in any op; an op's CEILINGS add its own
-CEILING_METRICS = {
-    "calc_diff",
-    "worst_row_calc_diff",
-    "max_abs",
-    "max_rel",
-    "frac_outside_tol",
-    "nonfinite_mismatch",
-    "rmse",
-    "rmse_ratio",
-    # the SM120 audit's
-    "shared_bytes",
-    "registers",
-    "spill_bytes",
-    "forbidden_instructions",
-}
+CEILING_METRICS = M.ceiling_metrics()
 
 
 class ProfileError(Exception):
@@ -84,7 +71,7 @@ class KernelsConfig:
     timeout_s: float = 600.0
     seed: int = 0
     ops: dict[str, OpConfig] | None = None  # None: every op discovered
-    timing: dict | None = None  # {"repeats", "warmup", "cuda_graph"}, on a GPU only
+    timing: dict | None = None  # {"repeats", "warmup", "cuda_graph", "on_cpu"}: on a GPU (on_cpu: the CPU too)
 
 
 @dataclass
@@ -103,6 +90,7 @@ class GateConfig:
     perf_regression: float = 0.05  # a significant slowdown (or throughput drop) past this fails
     drift_factor: float = 2.0  # drift this many times the baseline's fails
     gsm8k_floor: float | None = None  # an absolute accuracy floor, checked on the candidate
+    fail_on_preexisting: bool = False  # a failure the baseline had too fails the gate as well
     allow: list[Allow] = field(default_factory=list)
 
 
@@ -295,6 +283,7 @@ def _perf(file: Path, t: Any) -> PerfConfig:
     for k in ("repeats", "prompts_per_concurrency", "min_prompts"):
         if k in t:
             setattr(cfg, k, _int(file, f"[perf].{k}", t[k]))
+    _detects(file, "[perf].repeats", cfg.repeats)
     if "seed" in t:
         cfg.seed = _int(file, "[perf].seed", t["seed"], least=0)
     if "timeout_s" in t:
@@ -317,14 +306,31 @@ def _perf(file: Path, t: Any) -> PerfConfig:
     return cfg
 
 
+def _detects(file: Path, where: str, repeats: int) -> None:
+    """Repeats too few for a comparison ever to tell a change from noise are an error, not a gate that
+    cannot fail (harness/compare.py: the significance test, else its fallback rule)."""
+    if repeats < M.FALLBACK_SAMPLES:
+        need = M.fewest_samples(M.MANN_WHITNEY)
+        raise _err(
+            file,
+            where,
+            f"{repeats} repeat(s) can never show a change: Mann-Whitney needs {need} a side to reach "
+            f"p<{M.ALPHA:g}, and the fallback rule ({M.FALLBACK_RULE}) {M.FALLBACK_SAMPLES}",
+        )
+
+
 def _gate(file: Path, t: Any) -> GateConfig:
     if not isinstance(t, dict):
         raise _err(file, "gate", "expected a table")
-    _check_keys(file, "[gate]", t, {"perf_regression", "drift_factor", "gsm8k_floor", "allow"})
+    _check_keys(file, "[gate]", t, {"perf_regression", "drift_factor", "gsm8k_floor", "fail_on_preexisting", "allow"})
     cfg = GateConfig()
     for k in ("perf_regression", "drift_factor", "gsm8k_floor"):
         if k in t:
             setattr(cfg, k, _number(file, f"[gate].{k}", t[k], positive=True))
+    if "fail_on_preexisting" in t:
+        if not isinstance(t["fail_on_preexisting"], bool):
+            raise _err(file, "[gate].fail_on_preexisting", f"expected true or false, got {t['fail_on_preexisting']!r}")
+        cfg.fail_on_preexisting = t["fail_on_preexisting"]
     for i, a in enumerate(t.get("allow", [])):
         where = f"[gate].allow[{i}]"
         if not isinstance(a, dict):
@@ -362,8 +368,8 @@ def _kernels(file: Path, t: Any) -> KernelsConfig:
         tm = t["timing"]
         if not isinstance(tm, dict):
             raise _err(file, "[kernels.timing]", "expected a table")
-        _check_keys(file, "[kernels.timing]", tm, {"repeats", "warmup", "cuda_graph"})
-        cfg.timing = {"repeats": 30, "warmup": 5, "cuda_graph": True}
+        _check_keys(file, "[kernels.timing]", tm, {"repeats", "warmup", "cuda_graph", "on_cpu"})
+        cfg.timing = {"repeats": 30, "warmup": 5, "cuda_graph": True, "on_cpu": False}
         for k in ("repeats", "warmup"):
             if k in tm:
                 if isinstance(tm[k], bool) or not isinstance(tm[k], int) or tm[k] < (1 if k == "repeats" else 0):
@@ -373,10 +379,12 @@ def _kernels(file: Path, t: Any) -> KernelsConfig:
                         f"expected a {'positive' if k == 'repeats' else 'non-negative'} integer, got {tm[k]!r}",
                     )
                 cfg.timing[k] = tm[k]
-        if "cuda_graph" in tm:
-            if not isinstance(tm["cuda_graph"], bool):
-                raise _err(file, "[kernels.timing].cuda_graph", f"expected true or false, got {tm['cuda_graph']!r}")
-            cfg.timing["cuda_graph"] = tm["cuda_graph"]
+        for k in ("cuda_graph", "on_cpu"):
+            if k in tm:
+                if not isinstance(tm[k], bool):
+                    raise _err(file, f"[kernels.timing].{k}", f"expected true or false, got {tm[k]!r}")
+                cfg.timing[k] = tm[k]
+        _detects(file, "[kernels.timing].repeats", cfg.timing["repeats"])
     if "ops" in t:
         if not isinstance(t["ops"], dict):
             raise _err(file, "[kernels].ops", "expected a table of op tables")

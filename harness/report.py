@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.ceilings import breaches, default_ceilings
+from harness import judge
+from harness import metrics as M
 from harness.compare import compare
+from harness.op import ORACLE
 from harness.page import _env, render_run
-from harness.store import FAILURES, Run, atomic_write, list_bisects, list_runs
+from harness.store import Run, atomic_write, list_bisects, list_runs
 
 HISTORY = 60  # runs shown in the history plots
 
@@ -39,18 +41,6 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def _ceilings(kernels_dir: Path | None) -> dict[str, dict[str, float]]:
-    from harness import audit
-    from harness.catalogue import CatalogueError, discover
-    from harness.content import content_dir
-
-    try:
-        ops = discover(kernels_dir or content_dir("kernels"))
-    except (CatalogueError, FileNotFoundError):
-        return {}
-    return {name: {**audit.CEILINGS, **default_ceilings(op.dtype)} for name, op in ops.items()}
-
-
 def _label(run: Run) -> str:
     commit = (run.manifest.get("fingerprint", {}) or {}).get("sglang_commit") or ""
     return f"{run.manifest.get('started_at', '')[:10]} {commit[:7]}".strip()
@@ -62,7 +52,7 @@ def _plot_drift(runs: list[Run], out: Path) -> Path | None:
     cols = {}
     for r in runs:
         m = r.measurements
-        d = m[(m["metric"] == "calc_diff") & (m["reference"] == "fp64") & (m["status"] == "ok")]
+        d = m[(m["metric"] == M.CALC_DIFF) & (m["reference"] == ORACLE) & (m["status"] == "ok")]
         if d.empty:
             continue
         key = d["case"].str.split("/").str[0] + " / " + d["impl"]
@@ -85,7 +75,7 @@ def _plot_time(runs: list[Run], out: Path) -> Path | None:
     series: dict[str, list[tuple[int, float]]] = {}
     for i, r in enumerate(runs):
         m = r.measurements
-        t = m[(m["metric"] == "time_us") & (m["status"] == "ok") & (m["value"] > 0)]
+        t = m[(m["metric"] == M.TIME_US) & (m["status"] == "ok") & (m["value"] > 0)]
         key = t["case"].str.split("/").str[0] + " / " + t["impl"]
         for k, v in t.groupby(key)["value"]:
             series.setdefault(k, []).append((i, math.exp(v.map(math.log).mean())))
@@ -104,7 +94,7 @@ def _plot_time(runs: list[Run], out: Path) -> Path | None:
 def _plot_roofline(run: Run, out: Path) -> Path | None:
     plt = _pyplot()
     m = run.measurements
-    r = m[(m["metric"] == "roofline_frac") & (m["status"] == "ok")]
+    r = m[(m["metric"] == M.ROOFLINE_FRAC) & (m["status"] == "ok")]
     if r.empty:
         return None
     key = r["case"].str.split("/").str[0] + " / " + r["impl"]
@@ -123,7 +113,7 @@ def _plot_throughput(runs: list[Run], out: Path) -> Path | None:
     points = []
     for i, r in enumerate(runs):
         m = r.measurements
-        t = m[(m["metric"] == "output_tok_s") & (m["status"] == "ok")]
+        t = m[(m["metric"] == M.OUTPUT_TOK_S) & (m["status"] == "ok")]
         for case, value, samples in zip(t["case"], t["value"], t["samples"]):
             conc = case.rsplit("/c", 1)[-1]
             if conc.isdigit():
@@ -158,7 +148,7 @@ def _plot_accuracy(runs: list[Run], out: Path) -> Path | None:
     points = []
     for i, r in enumerate(runs):
         m = r.measurements
-        a = m[(m["metric"] == "gsm8k_acc") & (m["status"] == "ok")]
+        a = m[(m["metric"] == M.GSM8K_ACC) & (m["status"] == "ok")]
         for case, value, samples in zip(a["case"], a["value"], a["samples"]):
             n = len(samples) if samples is not None else 0
             lo, hi = wilson_interval(round(value * n), n) if n else (value, value)
@@ -201,22 +191,13 @@ def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "img").mkdir(exist_ok=True)
-    ceilings = _ceilings(kernels_dir)
     rows = []
     for r in runs:
-        over = breaches(r.measurements, ceilings) if not r.measurements.empty else r.measurements
+        over = judge.breaches(r, kernels_dir)  # with the limits the run was judged by when it ran
         page = out / "runs" / f"{r.run_id}.html"
         if not page.exists() or r.run_id == runs[-1].run_id:  # finished runs never change
             render_run(r, over, page)
-        o = r.measurements[r.measurements["metric"] == "outcome"] if not r.measurements.empty else r.measurements
-        rows.append(
-            {
-                "run": r.manifest,
-                "label": _label(r),
-                "over": len(over),
-                "failed": int(o["status"].isin(FAILURES).sum()) if len(o) else 0,
-            }
-        )
+        rows.append({"run": r.manifest, "label": _label(r), "over": len(over), "failed": len(judge.broken(r))})
     # a bisect's steps are runs of commits out of order: their page is the bisect's, not the history
     history = [r for r in runs if "bisect" not in r.manifest]
     recent = history[-HISTORY:]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness import metrics as M
+
 # name fragment -> (memory GB/s, dense BF16 tensor TFLOP/s), from the vendors' datasheets
 PEAKS: dict[str, tuple[float, float]] = {
     "RTX PRO 6000": (1792.0, 503.8),
@@ -34,7 +36,7 @@ def peaks(gpu_name: str) -> tuple[float, float] | None:
 @dataclass(frozen=True)
 class Timing:
     samples_us: list[float]
-    mode: str  # "cuda_graph" or "eager"
+    mode: str  # "cuda_graph", "eager", or "cpu"
 
     @property
     def median_us(self) -> float:
@@ -97,6 +99,28 @@ def time_cuda(
     return Timing([s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)], mode)
 
 
+def time_cpu(fn: Callable[[], object], *, repeats: int, warmup: int) -> Timing:
+    """The CPU time of each call (Triton's interpreter, PyTorch's CPU kernels): what the statistics of
+    a comparison are tested on where there is no GPU, not a kernel's speed. On one thread, timed by
+    that thread's own CPU clock, so neither the other processes of a shared machine nor a thread
+    pool's spinning adds to it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(repeats):
+            t0 = time.thread_time_ns()
+            fn()
+            samples.append((time.thread_time_ns() - t0) / 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    return Timing(samples, "cpu")
+
+
 def roofline(median_us: float, bytes_moved: float, flops: float, peak: tuple[float, float]) -> dict[str, float]:
     """Achieved GB/s and TFLOP/s, each as a fraction of the peak, and the fraction of the roofline
     time (the larger of bytes/bandwidth and flops/compute) the kernel reaches."""
@@ -104,9 +128,9 @@ def roofline(median_us: float, bytes_moved: float, flops: float, peak: tuple[flo
     gbps, tflops = bytes_moved / seconds / 1e9, flops / seconds / 1e12
     bound_s = max(bytes_moved / (peak[0] * 1e9), flops / (peak[1] * 1e12))
     return {
-        "gbps": gbps,
-        "tflops": tflops,
+        M.GBPS: gbps,
+        M.TFLOPS: tflops,
         "bw_frac": gbps / peak[0],
         "compute_frac": tflops / peak[1],
-        "roofline_frac": bound_s / seconds,
+        M.ROOFLINE_FRAC: bound_s / seconds,
     }

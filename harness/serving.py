@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import bench, gsm8k
+from harness import metrics as M
 from harness.profile import Profile
 from harness.server import Server, ServerError
 from harness.stats import wilson_interval
@@ -129,9 +130,9 @@ def _accuracy_rows(writer: RunWriter, score: gsm8k.Score, version: str, floor: f
             f"gsm8k/{score.name}",
             version,
             IMPL,
-            "gsm8k_acc",
+            M.GSM8K_ACC,
             score.accuracy,
-            better="higher",
+            better=M.get(M.GSM8K_ACC).better,
             samples=score.samples,
             detail=detail,
         )
@@ -169,7 +170,7 @@ def _perf_point(
     if results:
         for metric in results[0]:
             samples = [r[metric] for r in results]
-            higher = metric in ("output_tok_s", "request_s")
+            spec = M.get(metric)
             rows.append(
                 row(
                     writer.run_id,
@@ -179,8 +180,8 @@ def _perf_point(
                     IMPL,
                     metric,
                     statistics.median(samples),
-                    unit="tok/s" if metric == "output_tok_s" else "req/s" if metric == "request_s" else "ms",
-                    better="higher" if higher else "lower",
+                    unit=spec.unit,
+                    better=spec.better,
                     samples=samples,
                     detail={
                         "input_len": shape.input_len,
@@ -233,7 +234,7 @@ def run_serving(
 
     def record(u: Unit, status: str, seconds: float, rows: list[dict], detail: dict) -> None:
         outcome = row(
-            writer.run_id, u.suite, u.case, u.version, IMPL, "outcome", seconds, unit="s", status=status, detail=detail
+            writer.run_id, u.suite, u.case, u.version, IMPL, M.OUTCOME, seconds, unit="s", status=status, detail=detail
         )
         writer.add([outcome, *rows])
         say(f"  {u.case:<40} {status}" + (f"  {detail['error'].splitlines()[0]}" if "error" in detail else ""))

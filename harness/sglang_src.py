@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 from types import ModuleType
 
+from harness.environment import drop_orphans, missing_module
 from harness.op import Unavailable
 
 ENV = "SM120_HARNESS_SGLANG_SRC"
@@ -122,7 +123,12 @@ def import_module(dotted: str) -> ModuleType:
 
     if torch.cuda.is_available():
         stand_in_sgl_kernel()
+    before = set(sys.modules)
     try:
         return importlib.import_module(dotted)
-    except ModuleNotFoundError as exc:
-        raise Unavailable(f"importing {dotted} needs {exc.name!r}, which is not installed") from exc
+    except Exception as exc:
+        drop_orphans(before)
+        missing = missing_module(exc)
+        if missing:
+            raise Unavailable(f"{missing} (importing {dotted})") from exc
+        raise

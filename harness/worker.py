@@ -191,16 +191,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(path, inputs, case, timing: dict) -> dict:
-    from harness.roofline import time_cuda
+def _time(path, inputs, case, timing: dict, device: str) -> dict:
+    from harness.roofline import time_cpu, time_cuda
 
     try:
         fn = path.timed(inputs, case) if path.timed else (lambda: path.run(inputs, case))
-        t = time_cuda(fn, repeats=timing["repeats"], warmup=timing["warmup"], cuda_graph=timing["cuda_graph"])
+        if device == "cuda":
+            t = time_cuda(fn, repeats=timing["repeats"], warmup=timing["warmup"], cuda_graph=timing["cuda_graph"])
+        else:
+            t = time_cpu(fn, repeats=timing["repeats"], warmup=timing["warmup"])
         return {"timing": {"samples_us": t.samples_us, "mode": t.mode}}
     except Exception as exc:  # the drift is measured already; a timing that fails is said, not fatal
         traceback.print_exc()
         return {"timing_error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000]}
+
+
+def _where(exc: BaseException) -> str:
+    """The frame that raised `exc` (a bare `KeyError: 'sglang'` says nothing of where it came from)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    return f"{tb[-1].filename}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
 
 
 def child(job_file: str) -> int:
@@ -218,6 +227,7 @@ def child(job_file: str) -> int:
     from safetensors.torch import save_file
 
     from harness.catalogue import load_op_file
+    from harness.environment import missing_module
     from harness.inputs import cached_inputs, digest, to_device
     from harness.op import ORACLE, Unavailable
     from harness.sglang_src import SGL_KERNEL_CALLS
@@ -248,8 +258,9 @@ def child(job_file: str) -> int:
             save_file(out, str(tmp))
             os.replace(tmp, target)
             detail = {}
-            if job.timing and job.device == "cuda" and path.name != ORACLE:  # the oracle is not a kernel
-                detail = _time(path, dev_inputs, cases[name], job.timing)
+            timed_here = job.device == "cuda" or job.timing and job.timing.get("on_cpu")
+            if job.timing and timed_here and path.name != ORACLE:  # the oracle is not a kernel
+                detail = _time(path, dev_inputs, cases[name], job.timing, job.device)
             if SGL_KERNEL_CALLS:  # SGLang caught the stand-in's error and went on: say so beside the figure
                 detail["sgl_kernel_absent_calls"] = sorted(set(SGL_KERNEL_CALLS))
             emit(event="result", case=name, status="ok", seconds=seconds, digest=dig, detail=detail)
@@ -257,12 +268,19 @@ def child(job_file: str) -> int:
             emit(event="result", case=name, status=f"skipped({exc})", seconds=time.perf_counter() - t0)
         except Exception as exc:  # a failing kernel is a measurement, not the end of the run
             traceback.print_exc()
+            missing = missing_module(exc)
+            if missing:  # the host lacks a package of the path's import chain: not the path's fault
+                emit(event="result", case=name, status=f"skipped({missing})", seconds=time.perf_counter() - t0)
+                continue
             emit(
                 event="result",
                 case=name,
                 status="failed",
                 seconds=time.perf_counter() - t0,
-                detail={"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]},
+                detail={
+                    "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
+                    "raised_at": _where(exc),
+                },
             )
             if job.device == "cuda" and "CUDA" in str(exc):
                 # a sticky CUDA error poisons the context: let a fresh worker take the next case

@@ -147,7 +147,7 @@ def _profile(tmp: Path, command: list[str], extra: str = "", **server) -> Path:
 SWEEP = """
 [perf]
 concurrency = [1, 2, 4, 8]
-repeats = 1
+repeats = 2
 prompts_per_concurrency = 1
 min_prompts = 4
 shapes = [{ input = 16, output = 8 }]
@@ -174,12 +174,12 @@ def test_server_dying_mid_sweep_keeps_what_was_measured_and_leaves_no_process(tm
     _needs_clients()
     marker = f"sleep {4000 + os.getpid() % 1000}"
     # a child in the server's process group stands for SGLang's scheduler processes
-    stub = " ".join(STUB) + " --itl-ms 2 --die-after-requests 12"
+    stub = " ".join(STUB) + " --itl-ms 2 --die-after-requests 22"
     prof = _profile(tmp_path, ["sh", "-c", f"{marker} & exec {stub}"], SWEEP, port=0, ready_timeout_s=120)
     r = run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")], timeout=600)
     run = load_run(next((tmp_path / "runs").iterdir()))
     out = run.measurements[run.measurements["metric"] == "outcome"].set_index("case")
-    # c1: 1 warm-up + 4 requests, c2: 2 + 4; the 12th request (in c4) kills it
+    # two repeats of c1: 1 warm-up + 4 requests, of c2: 2 + 4; the 23rd request (in c4) kills it
     assert out.loc["perf/in16_out8/c1", "status"] == "ok"
     assert out.loc["perf/in16_out8/c2", "status"] == "ok"
     assert out.loc["perf/in16_out8/c4", "status"] == "failed"
