@@ -10,7 +10,7 @@ A worker whose environment differs from the server's in a variable read at start
 `SGLANG_*`, `CUDA_VISIBLE_DEVICES` and the harness's own) is not forked but started as a fresh
 interpreter, and so is every worker once the server is gone or has a thread besides its own.
 
-    python -m harness.forkserver FD          (FD: its end of a Unix socket pair)
+    python -m harness.forkserver FD PID      (FD: its end of a Unix socket pair; PID: the harness's)
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ class ForkServer:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.forkserver", str(theirs.fileno())],
+                # the harness's pid, to tell whose workers these are (`ps` shows them with these args)
+                [sys.executable, "-m", "harness.forkserver", str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -187,7 +188,12 @@ class ForkServer:
         return child
 
     def learn(self, modules_file: str) -> None:
-        self._request({"op": "learn", "file": modules_file})
+        """Have the server import what a worker imported; not waited for (the next fork is)."""
+        with self.lock:
+            try:
+                self.sock.send(json.dumps({"op": "learn", "file": modules_file}).encode())
+            except OSError:
+                pass
 
     def close(self) -> None:
         try:
@@ -276,7 +282,6 @@ def serve(fd: int) -> int:
                 except (OSError, ValueError):
                     names = []
                 _import(names)
-                sock.send(json.dumps({"id": msg["id"]}).encode())
                 continue
             if threading.active_count() > 1:  # forking a threaded process can deadlock the child
                 for f in fds:

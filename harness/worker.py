@@ -195,8 +195,6 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str], f
             _kill(proc)
         ACTIVE.discard(proc)
         job_file.unlink(missing_ok=True)
-        if job.modules_file:
-            Path(job.modules_file).unlink(missing_ok=True)
 
 
 def _kill(proc: subprocess.Popen) -> None:
