@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
@@ -83,7 +83,10 @@ def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settin
 
         ex = ThreadPoolExecutor(len(labels))
         try:
-            for f in [ex.submit(slot_loop, label, d) for label, d in zip(labels, settings.slots)]:
+            futures = [ex.submit(slot_loop, label, d) for label, d in zip(labels, settings.slots)]
+            while wait(futures, timeout=0.5).not_done:  # timed, so that ^C and SIGTERM get through
+                pass
+            for f in futures:
                 f.result()
         except BaseException:  # ^C or SIGTERM in this thread: the slots stop at once, not after their units
             settings.cancelled.set()
