@@ -120,6 +120,7 @@ class ForkServer:
         self.early_exits: dict[int, int] = {}
         self.cond = threading.Condition()
         self.alive = True
+        self.stopped: str | None = None  # why workers are no longer forked
         self.next_id = 0
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -164,7 +165,11 @@ class ForkServer:
             return self.replies.pop(msg["id"], None)
 
     def usable(self, env: dict[str, str]) -> bool:
-        return self.alive and forkable(self.env, env)
+        return self.alive and self.stopped is None and forkable(self.env, env)
+
+    def stop(self, why: str) -> None:
+        self.stopped = why
+        print(f"sm120-harness: workers are started afresh from now on: {why}", file=sys.stderr, flush=True)
 
     def fork(self, job_file: str, env: dict[str, str], log_fd: int) -> Forked | None:
         """A worker forked from the server, its stdout a pipe to us and its stderr `log_fd`; None when

@@ -155,6 +155,11 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str], f
                 rc = proc.wait()
                 if rc == 0 and settled:  # it stepped down on purpose (a poisoned CUDA context)
                     return settled
+                if how == "forked" and not started:
+                    # a forked worker that cannot even start (a CUDA context the fork cannot give it):
+                    # no more forks for this run; its cases go to a fresh interpreter
+                    forks.stop(f"a forked worker of {job.path} died before it started ({rc})")
+                    return 0
                 why = f"killed by signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"exited with code {rc}"
                 detail = {"error": f"worker {why}", "log_tail": _tail(log)}
                 yield Result(current, "crashed", detail={**detail, "wall": startup} if not settled else detail)
