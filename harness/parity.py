@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -67,7 +68,13 @@ def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settin
         busy = dict.fromkeys(labels, 0.0)
         ran: list[dict] = []
         t0 = time.perf_counter()
-        forks = ForkServer(worker_env(None, settings.capability, None), writer.artifacts / "workers" / "forkserver.log")
+        try:
+            forks = ForkServer(
+                worker_env(None, settings.capability, None), writer.artifacts / "workers" / "forkserver.log"
+            )
+        except OSError as exc:  # no fork server: every worker is a fresh interpreter, as it always could be
+            print(f"sm120-harness: no fork server ({exc}); workers start afresh", file=sys.stderr, flush=True)
+            forks = None
 
         def slot_loop(label: str, device: str | None) -> None:
             while not settings.cancelled.is_set():
@@ -93,7 +100,8 @@ def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settin
             kill_all()
             raise
         finally:
-            forks.close()  # its forked workers go with it
+            if forks is not None:
+                forks.close()  # its forked workers go with it
             ex.shutdown(wait=True)
         if settings.cancelled.is_set():
             return

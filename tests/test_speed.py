@@ -2,9 +2,11 @@
 device: balanced by the previous run's seconds, with every drift figure the same as on one slot."""
 
 import json
+import re
 
 import pytest
 
+from harness.profile import ProfileError, load_profile
 from harness.store import load_run
 from tests.conftest import OPS, run_cli, write_profile
 
@@ -121,3 +123,13 @@ def test_second_run_finds_the_triton_cache(runs):
     one, two = first.manifest["cache"], second.manifest["cache"]
     assert one["before"]["triton"]["files"] == 0 and one["after"]["triton"]["files"] > 0
     assert two["before"]["triton"] == two["after"]["triton"] == one["after"]["triton"]
+
+
+@pytest.mark.parametrize(
+    "line,field",
+    [("slots = 0", "[kernels].slots"), ("slots = true", "[kernels].slots"), ('cache_dir = ""', "[kernels].cache_dir")],
+)
+def test_profile_slots_and_cache_dir_are_checked(tmp_path, line, field):
+    prof = write_profile(tmp_path / "p.toml", f'name = "x"\n[kernels]\n{line}\n')
+    with pytest.raises(ProfileError, match=f"p.toml: {re.escape(field)}: "):
+        load_profile(prof)
