@@ -86,7 +86,12 @@ def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settin
                 ops[u.op].run_unit(u.path, device, forks)
                 seconds = time.perf_counter() - start
                 busy[label] += seconds
-                ran.append({"op": u.op, "path": u.path, "slot": label, "start_s": start - t0, "seconds": seconds})
+                done = {"op": u.op, "path": u.path, "slot": label, "start_s": start - t0, "seconds": seconds}
+                ran.append(done)
+                if not settings.cancelled.is_set():  # its drift is measured as its goldens come: at the end
+                    rows = ops[u.op].unit_rows(u.path, done, tuple(p for p in WALL_PARTS if p != "drift"))
+                    with record:
+                        writer.add(rows)
 
         ex = ThreadPoolExecutor(len(labels))
         try:
@@ -107,8 +112,7 @@ def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settin
             return
         for op in ops.values():
             op.flush()
-        by_unit = {(d["op"], d["path"]): d for d in ran}
-        rows = [r for op in ops.values() for r in op.unit_rows(by_unit)]
+        rows = [r for d in ran for r in ops[d["op"]].unit_rows(d["path"], d, ("drift",))]
         with record:
             writer.add(rows)
         settings.schedule.update(
@@ -266,35 +270,22 @@ class _OpRun:
         w["drift"] = w.get("drift", 0.0) + time.perf_counter() - t0
         self._record(case, name, result, rows)
 
-    def unit_rows(self, ran: dict[tuple[str, str], dict]) -> list[dict]:
-        """Per path of this op, where its seconds went (suite kernels, case = the op): never judged
-        by compare or gate, they explain a slow run."""
+    def unit_rows(self, name: str, ran: dict, parts: tuple[str, ...]) -> list[dict]:
+        """Where path `name`'s seconds went (suite kernels, case = the op): `parts` of WALL_PARTS, and
+        the total with them. Never judged by compare or gate: they explain a slow run."""
+        w = self.wall.get(name, {})
+        if not w.get("workers") and not self.op.paths[name].golden:
+            return []  # skipped here: nothing ran
         version = hashlib.sha256(",".join(c.version(self.op.name) for c in self.sel.cases).encode()).hexdigest()[:12]
-        rows = []
-        for name in [*self.sel.goldens, *self.sel.impls]:
-            if (self.op.name, name) not in ran:
-                continue
-            w = self.wall.get(name, {})
-            if not w.get("workers") and not self.op.paths[name].golden:
-                continue  # skipped here: nothing ran
-            counts = {k: w.get(k, 0) for k in ("workers", "forked", "input_builds", "input_hits", "jit_measured")}
-            detail = {**counts, "slot": ran[(self.op.name, name)]["slot"], "golden": self.op.paths[name].golden}
-            figures = {"total": ran[(self.op.name, name)]["seconds"], **{k: w.get(k, 0.0) for k in WALL_PARTS}}
-            for part, value in figures.items():
-                rows.append(
-                    row(
-                        self.writer.run_id,
-                        SUITE,
-                        self.op.name,
-                        version,
-                        name,
-                        f"wall_{part}_s",
-                        value,
-                        unit="s",
-                        detail=detail,
-                    )
-                )
-        return rows
+        counts = {k: w.get(k, 0) for k in ("workers", "forked", "input_builds", "input_hits", "jit_measured")}
+        detail = {**counts, "slot": ran["slot"], "golden": self.op.paths[name].golden}
+        figures = {k: w.get(k, 0.0) for k in parts}
+        if "drift" not in parts:
+            figures = {"total": ran["seconds"], **figures}
+        return [
+            row(self.writer.run_id, SUITE, self.op.name, version, name, f"wall_{p}_s", v, unit="s", detail=detail)
+            for p, v in figures.items()
+        ]
 
     def _replay(self, name: str, live_reason: str | None) -> list[Case]:
         """Use the stored outputs of golden `name`, verified, in place of running it. Returns the cases
