@@ -272,7 +272,7 @@ def serve(fd: int) -> int:
 
     try:
         while True:
-            ready, _, _ = select.select([sock], [], [], 0.2)
+            ready, _, _ = select.select([sock], [], [], 0.05)  # also how soon an exit is reported
             reap()
             if not ready:
                 continue
