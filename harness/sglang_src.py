@@ -6,9 +6,12 @@ Where SGLang lives: `$SM120_HARNESS_SGLANG_SRC` (a folder that holds `sglang/`, 
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
+import types
 from pathlib import Path
 from types import ModuleType
 
@@ -52,11 +55,73 @@ def load_by_path(relpath: str) -> ModuleType:
     return module
 
 
+class _Absent:
+    """A name of sgl_kernel on a host without it: attributes give more absent names, a call raises
+    Unavailable naming what was called (so the path is recorded as skipped for that reason)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, name: str) -> _Absent:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Absent(f"{self._name}.{name}")
+
+    def __call__(self, *args, **kwargs):
+        SGL_KERNEL_CALLS.append(self._name)
+        raise Unavailable(f"calls {self._name}, and sgl_kernel is not installed")
+
+    def __repr__(self) -> str:
+        return f"<{self._name}: sgl_kernel is not installed>"
+
+
+class _SglKernelStandIn(types.ModuleType):
+    def __getattr__(self, name: str) -> _Absent:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Absent(f"{self.__name__}.{name}")
+
+
+class _SglKernelFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "sgl_kernel" or fullname.startswith("sgl_kernel."):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _SglKernelStandIn(spec.name)
+
+    def exec_module(self, module) -> None:
+        module.__path__ = []
+
+
+# names of the stand-in that were called (SGLang may catch the error and fall back): kept for the record
+SGL_KERNEL_CALLS: list[str] = []
+
+
+def stand_in_sgl_kernel() -> bool:
+    """On CUDA, SGLang imports `sgl_kernel` at module level throughout its import chain (quantization
+    schemes, GGUF, the fused MoE), also in modules whose fallbacks never call it. Where sgl_kernel is
+    not installed (its wheels are built for one torch), a stand-in lets those modules load; whatever of
+    it is called raises Unavailable. True when the stand-in is (now) in place."""
+    if any(isinstance(f, _SglKernelFinder) for f in sys.meta_path):
+        return True
+    if "sgl_kernel" in sys.modules or importlib.util.find_spec("sgl_kernel") is not None:
+        return False
+    sys.meta_path.append(_SglKernelFinder())
+    return True
+
+
 def import_module(dotted: str) -> ModuleType:
-    """A regular import of an SGLang module (the whole `import sglang` chain), from the chosen root."""
+    """A regular import of an SGLang module (the whole `import sglang` chain), from the chosen root.
+    On a CUDA host without sgl_kernel, its stand-in is put in place first (see stand_in_sgl_kernel)."""
     root = require_root()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    import torch
+
+    if torch.cuda.is_available():
+        stand_in_sgl_kernel()
     try:
         return importlib.import_module(dotted)
     except ModuleNotFoundError as exc:
