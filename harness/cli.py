@@ -364,10 +364,33 @@ def cmd_run(args, tags: dict | None = None) -> int:
     return _execute(args, profile, selections, has_gpu, "audit" if args.command == "audit" else "kernels", tags)
 
 
+def _previous(store: str, profile: str, fp: dict, suite: str) -> tuple[str, dict] | None:
+    """The last run of this profile on this kind of machine that says where its seconds went: the
+    schedule's estimates."""
+    from harness.schedule import previous_seconds
+    from harness.store import StoreError, latest
+
+    gpu = (fp.get("gpu") or {}).get("names")
+
+    def same(m: dict) -> bool:
+        return (
+            m.get("profile", {}).get("name") == profile
+            and suite in m.get("suites", [])
+            and (m.get("fingerprint", {}).get("gpu") or {}).get("names") == gpu
+            and "schedule" in m
+        )
+
+    try:
+        run = latest(store, same)
+    except (StoreError, OSError):
+        return None
+    return (run.run_id, previous_seconds(run.measurements)) if run is not None else None
+
+
 def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | None = None) -> int:
     import torch
 
-    from harness import audit, judge
+    from harness import audit, judge, walltime
     from harness import metrics as M
     from harness.console import Progress, audit_summary, serving_summary, summary
     from harness.content import content_dir
@@ -377,6 +400,10 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
     from harness.store import RunWriter, StoreError, load_run
     from harness.worker import kill_all
 
+    env_slots = os.environ.get("SM120_HARNESS_SLOTS", "")
+    if env_slots and not (env_slots.isdigit() and int(env_slots) >= 1):
+        _err(f"SM120_HARNESS_SLOTS: expected an integer >= 1 (worker slots per device), got {env_slots!r}")
+        return EXIT_USAGE
     fp = fingerprint()
     serving = suite == "kernels" and args.command == "run" and profile.serving
     limits = judge.resolve(profile, selections, audit=suite == "audit", serving=serving)
@@ -418,7 +445,7 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
     progress = Progress(total)
     capability = tuple(torch.cuda.get_device_capability(0)) if has_gpu else None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    slots = (
+    devices = (
         (
             [d.strip() for d in visible.split(",") if d.strip()]
             if visible
@@ -427,9 +454,15 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
         if has_gpu
         else [None]
     )
+    from harness.cache import resolve as resolve_cache
     from harness.profile import KernelsConfig
 
     k = profile.kernels or KernelsConfig()
+    per_device = int(os.environ.get("SM120_HARNESS_SLOTS") or k.slots)
+    slots = [d for _ in range(per_device) for d in devices]  # round robin: slot i on device i mod n
+    cache = resolve_cache(k.cache_dir)
+    os.environ.update(cache.env())  # every worker, and the audit's compiler, inherit it
+    writer.manifest["cache"] = {"root": str(cache.root), "from": cache.source, "before": cache.usage()}
     capture = getattr(args, "golden_command", None) == "capture"
     outputs = tempfile.TemporaryDirectory(prefix="sm120-harness-capture-") if capture else None
     settings = Settings(
@@ -443,10 +476,17 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
         keep_outputs=Path(outputs.name) if outputs else None,
         timing=None if capture else k.timing,
         gpu_name=torch.cuda.get_device_name(0) if has_gpu else None,
+        inputs_dir=cache.inputs,
+        threads=max(1, (os.cpu_count() or 1) // len(slots)) if not has_gpu and len(slots) > 1 else None,
+        previous=_previous(args.store, profile.name, fp, suite),
     )
-    where = f"{len(slots)} x {torch.cuda.get_device_name(0)}" if has_gpu else "CPU, Triton interpreter"
+    where = f"{len(devices)} x {torch.cuda.get_device_name(0)}" if has_gpu else "CPU, Triton interpreter"
+    where += f", {len(slots)} slot(s)" if len(slots) > 1 else ""
     what = f"{total} path x case" if suite == "kernels" else "SM120 audit"
     progress.say(f"run {writer.run_id}: {profile.name} ({what}) on {where} -> {writer.dir}")
+    progress.say(f"caches: {cache.root} ({cache.source})")
+    if has_gpu and per_device > 1 and k.timing:
+        progress.say(f"note: {per_device} slots share each GPU, so kernel timings contend with each other")
 
     status, code = "complete", EXIT_OK
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -483,6 +523,9 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
         progress.say("interrupted: keeping what was measured")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        writer.manifest["cache"]["after"] = cache.usage()
+        if settings.schedule:
+            writer.manifest["schedule"] = settings.schedule
         writer.finish(status)
 
     run = load_run(writer.dir)
@@ -496,6 +539,9 @@ def _execute(args, profile, selections, has_gpu: bool, suite: str, tags: dict | 
             code = EXIT_INFRA
     if selections:
         progress.say("\n" + (audit_summary if suite == "audit" else summary)(run.measurements, over))
+        spent = walltime.text(run.measurements, run.manifest.get("schedule"))
+        if spent:
+            progress.say("\nwhere the time went (s):\n" + spent)
     m = run.measurements
     broken = judge.broken(run)
     if serving:

@@ -61,6 +61,16 @@ MAX_ABS, MAX_REL, FRAC_OUTSIDE_TOL = "max_abs", "max_rel", "frac_outside_tol"
 NONFINITE_MISMATCH, RMSE, RMSE_RATIO = "nonfinite_mismatch", "rmse", "rmse_ratio"
 SHARED_BYTES, REGISTERS, SPILL_BYTES = "shared_bytes", "registers", "spill_bytes"
 FORBIDDEN_INSTRUCTIONS, KERNELS = "forbidden_instructions", "kernels"
+# where a kernel run's seconds went, per (op, path): wall_total_s and its parts (harness/parity.py)
+WALL_PARTS = ("startup", "inputs", "jit", "call", "timing", "drift")
+
+
+def wall(part: str) -> str:
+    """The name of a wall-seconds part: wall("jit") is wall_jit_s; wall("total") the whole unit."""
+    return f"wall_{part}_s"
+
+
+WALL_TOTAL = wall("total")
 # bench_serving's latencies: <what>_ms_<statistic>, and the key of each in its result JSON
 LATENCIES = {"ttft": "ttft_ms", "itl": "itl_ms", "tpot": "tpot_ms", "e2e_latency": "e2e_ms"}
 LATENCY_STATS = ("mean", "median", "p90", "p99")
@@ -82,6 +92,8 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
         Metric(OUTCOME, "s", "lower", WALL, math.inf),  # wall seconds, JIT included: never a verdict of its own
+        # load and caches move them: they explain a slow run, never a verdict
+        *(Metric(wall(p), "s", "lower", WALL, math.inf) for p in ("total", *WALL_PARTS)),
         Metric(TIME_US, "us", "lower", TIMING, **_PERF),
         Metric(GBPS, "GB/s", "higher", RATE, **_PERF, derived_from=TIME_US),
         Metric(TFLOPS, "TFLOP/s", "higher", RATE, **_PERF, derived_from=TIME_US),

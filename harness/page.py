@@ -11,6 +11,7 @@ import jinja2
 import pandas as pd
 
 from harness import metrics as M
+from harness import walltime
 from harness.console import fmt
 from harness.content import content_dir
 from harness.op import ORACLE
@@ -152,6 +153,9 @@ def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
             breaches=breaches.to_dict("records"),
             audit=audit,
             serving=_serving(run, df, over) if not df.empty else {},
+            walltime=walltime.rows(df) if not df.empty else [],
+            parts=walltime.PARTS,
+            part_names=walltime.HEAD,
         )
     )
     atomic_write(out, html.encode())

@@ -3,18 +3,21 @@ isolated workers, and measure each implementation's drift as its outputs arrive.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Queue
+from queue import Empty, Queue
 
 from safetensors.torch import load_file
 
-from harness import drift
+from harness import drift, schedule
 from harness import metrics as M
 from harness.inputs import cached_inputs
 from harness.op import ORACLE, Case
@@ -39,53 +42,122 @@ class Settings:
     keep_outputs: Path | None = None  # where outputs stay after the run (golden capture), else a temp dir
     timing: dict | None = None  # profile's [kernels.timing]; applies on a CUDA device
     gpu_name: str | None = None
+    inputs_dir: Path | None = None  # the input cache kept between runs (harness/cache.py)
+    threads: int | None = None  # torch threads per worker, where slots share the CPU
+    previous: tuple[str, dict[tuple[str, str], float]] | None = None  # (run id, unit seconds) to plan by
+    schedule: dict = field(default_factory=dict)  # filled: the plan, and each slot's busy seconds
 
 
 def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settings) -> None:
+    """Every (op, path) of the selections is a unit of work, run on the first free slot, longest
+    first (harness/schedule.py). A result is measured once the goldens it is compared with are in,
+    whichever slot ran them, so the figures do not depend on the order or the number of slots."""
+    from harness.forkserver import ForkServer
+    from harness.worker import kill_all
+
+    record = threading.Lock()  # one writer and one console for every slot
     with tempfile.TemporaryDirectory(prefix="sm120-harness-outputs-") as tmp:
         outdir = Path(settings.keep_outputs or tmp)
-        for sel in selections:
-            if settings.cancelled.is_set():
-                return
-            _OpRun(sel, writer, settings, outdir / sel.op.name).run()
+        ops = {sel.op.name: _OpRun(sel, writer, settings, outdir / sel.op.name, record) for sel in selections}
+        prev_id, prev = settings.previous or (None, {})
+        ordered = schedule.plan([u for op in ops.values() for u in op.units()], prev, prev_id, len(settings.slots))
+        todo: Queue = Queue()
+        for u in ordered:
+            todo.put(u)
+        labels = [f"{i}:{'cpu' if d is None else 'cuda' + d}" for i, d in enumerate(settings.slots)]
+        busy = dict.fromkeys(labels, 0.0)
+        ran: list[dict] = []
+        t0 = time.perf_counter()
+        try:
+            forks = ForkServer(
+                worker_env(None, settings.capability, None), writer.artifacts / "workers" / "forkserver.log"
+            )
+        except OSError as exc:  # no fork server: every worker is a fresh interpreter, as it always could be
+            print(f"sm120-harness: no fork server ({exc}); workers start afresh", file=sys.stderr, flush=True)
+            forks = None
+
+        def slot_loop(label: str, device: str | None) -> None:
+            while not settings.cancelled.is_set():
+                try:
+                    u = todo.get_nowait()
+                except Empty:
+                    return
+                start = time.perf_counter()
+                ops[u.op].run_unit(u.path, device, forks)
+                seconds = time.perf_counter() - start
+                busy[label] += seconds
+                done = {"op": u.op, "path": u.path, "slot": label, "start_s": start - t0, "seconds": seconds}
+                ran.append(done)
+                if not settings.cancelled.is_set():  # its drift is measured as its goldens come: at the end
+                    rows = ops[u.op].unit_rows(u.path, done, tuple(p for p in M.WALL_PARTS if p != "drift"))
+                    with record:
+                        writer.add(rows)
+
+        ex = ThreadPoolExecutor(len(labels))
+        try:
+            futures = [ex.submit(slot_loop, label, d) for label, d in zip(labels, settings.slots)]
+            while wait(futures, timeout=0.5).not_done:  # timed, so that ^C and SIGTERM get through
+                pass
+            for f in futures:
+                f.result()
+        except BaseException:  # ^C or SIGTERM in this thread: the slots stop at once, not after their units
+            settings.cancelled.set()
+            kill_all()
+            raise
+        finally:
+            if forks is not None:
+                forks.close()  # its forked workers go with it
+            ex.shutdown(wait=True)
+        if settings.cancelled.is_set():
+            return
+        for op in ops.values():
+            op.flush()
+        rows = [r for d in ran for r in ops[d["op"]].unit_rows(d["path"], d, ("drift",))]
+        with record:
+            writer.add(rows)
+        settings.schedule.update(
+            slots=labels,
+            planned_from=f"run {prev_id}" if prev_id else "estimates",
+            plan=[
+                {"op": u.op, "path": u.path, "cases": u.cases, "estimate_s": u.estimate_s, "from": u.estimate_from}
+                for u in ordered
+            ],
+            predicted_busy_s=dict(zip(labels, schedule.predicted_busy(ordered, len(labels)))),
+            ran=sorted(ran, key=lambda d: d["start_s"]),
+            busy_s=busy,
+            makespan_s=time.perf_counter() - t0,
+        )
 
 
 class _OpRun:
-    def __init__(self, sel: Selection, writer: RunWriter, settings: Settings, outdir: Path):
+    def __init__(self, sel: Selection, writer: RunWriter, settings: Settings, outdir: Path, record: threading.Lock):
         self.sel, self.writer, self.s, self.outdir = sel, writer, settings, outdir
         self.op = sel.op
-        self.lock = threading.Lock()
+        self.record = record
+        self.lock = threading.RLock()  # this op's state, shared by the slots running its paths
         self.golden_ok: dict[tuple[str, str], str] = {}  # (case, golden) -> input digest
         self.source: dict[tuple[str, str], str] = {}  # (case, golden) -> "live" or "stored:<date> <gpu>"
         self.times: dict[tuple[str, str], float] = {}  # (case, path) -> median us
         self.masks: dict[str, dict] = {}
+        self.settled: dict[str, set[str]] = {}  # case -> the goldens recorded for it
+        self.parked: dict[str, list[tuple[str, Result, dict | None]]] = {}  # case -> results awaiting goldens
+        self.wall: dict[str, dict] = {}  # path -> seconds per part, summed over its cases
+        self.inputs = Path(settings.inputs_dir or outdir)
 
-    def run(self) -> None:
-        # goldens first (the oracle among them), so every implementation's result can be measured
-        # the moment it arrives
-        for phase in (self.sel.goldens, self.sel.impls):
-            self._parallel(phase)
+    def units(self) -> list[schedule.Unit]:
+        out = []
+        for name in [*self.sel.goldens, *self.sel.impls]:
+            path = self.op.paths[name]
+            reason = path.unsupported_reason(self.s.capability)
+            stored = path.golden and self.s.golden_dir is not None
+            stored = stored and (self.s.golden_source == "stored" or (self.s.golden_source == "auto" and reason))
+            runs = reason is None and (not stored or name == ORACLE)
+            out.append(schedule.Unit(self.op.name, name, len(self.sel.cases), runs_worker=runs))
+        return out
 
-    def _parallel(self, names: list[str]) -> None:
-        slots = self.s.slots
-        if len(slots) == 1:
-            for name in names:
-                self._run_path(name, slots[0])
-            return
-        free: Queue = Queue()
-        for slot in slots:
-            free.put(slot)
-
-        def unit(name: str) -> None:
-            slot = free.get()
-            try:
-                self._run_path(name, slot)
-            finally:
-                free.put(slot)
-
-        with ThreadPoolExecutor(len(slots)) as ex:
-            for f in [ex.submit(unit, n) for n in names]:
-                f.result()
+    def run_unit(self, name: str, slot: str | None, forks) -> None:
+        self.wall.setdefault(name, {})
+        self._run_path(name, slot, forks)
 
     def _row(self, case: Case, impl: str, metric: str, value: float, **kw) -> dict:
         return row(
@@ -99,7 +171,7 @@ class _OpRun:
             **kw,
         )
 
-    def _run_path(self, name: str, slot: str | None) -> None:
+    def _run_path(self, name: str, slot: str | None, forks) -> None:
         path = self.op.paths[name]
         reason = path.unsupported_reason(self.s.capability)
         source = self.s.golden_source
@@ -111,7 +183,7 @@ class _OpRun:
                 return
         if reason is not None:
             for case in todo:
-                self._record(case, name, Result(case.name, f"skipped({reason})", 0.0), [])
+                self._deliver(case, name, Result(case.name, f"skipped({reason})", 0.0))
             return
         env = worker_env(path, self.s.capability, slot)
         job = Job(
@@ -122,18 +194,98 @@ class _OpRun:
             device="cpu" if self.s.capability is None else "cuda",
             outdir=str(self.outdir),
             timing=self.s.timing,
+            inputs_dir=str(self.inputs),
+            threads=self.s.threads,
         )
         log = self.writer.artifacts / "workers" / f"{self.op.name}.{name}.log"
         cases = {c.name: c for c in self.sel.cases}
-        for result in run_path(job, timeout_s=self.s.timeout_s, log=log, env=env):
+        for result in run_path(job, timeout_s=self.s.timeout_s, log=log, env=env, forks=forks):
             if self.s.cancelled.is_set():
                 return
-            case = cases[result.case]
-            timing = result.detail.pop("timing", None)
-            rows = self._measure(case, name, result) if result.status == "ok" else []
-            if timing and result.status == "ok":
-                rows += self._timing_rows(case, name, Timing(timing["samples_us"], timing["mode"]))
-            self._record(case, name, result, rows)
+            self._add_wall(name, result.detail.get("wall", {}))
+            self._deliver(cases[result.case], name, result, result.detail.pop("timing", None))
+
+    def _add_wall(self, name: str, wall: dict) -> None:
+        """Sum a case's seconds into its path's parts: start-up, inputs, JIT (the first call's excess
+        over a second call), the call, the timing (that second call, and the timed replays)."""
+        w = self.wall.setdefault(name, {})
+        call = wall.get("call_s", 0.0)
+        jit = max(0.0, call - wall["steady_call_s"]) if "steady_call_s" in wall else 0.0
+        parts = {
+            "startup": wall.get("startup_s", 0.0),
+            "inputs": wall.get("inputs_s", 0.0),
+            "jit": jit,
+            "call": call - jit,
+            # the second call that measured the steady state is a timed replay too
+            "timing": wall.get("timing_s", 0.0) + wall.get("steady_call_s", 0.0),
+        }
+        with self.lock:
+            for k, v in parts.items():
+                w[k] = w.get(k, 0.0) + v
+            w["workers"] = w.get("workers", 0) + (1 if "started" in wall else 0)
+            w["forked"] = w.get("forked", 0) + (1 if wall.get("started") == "forked" else 0)
+            if "input_cache" in wall:
+                key = "input_hits" if wall["input_cache"] == "hit" else "input_builds"
+                w[key] = w.get(key, 0) + 1
+            w["jit_measured"] = w.get("jit_measured", 0) + (1 if "steady_call_s" in wall else 0)
+
+    def _deliver(self, case: Case, name: str, result: Result, timing: dict | None = None) -> None:
+        """Measure and record a result as soon as what it is compared with is in: the oracle for a
+        golden, every golden for an implementation; until then it waits."""
+        with self.lock:
+            self.parked.setdefault(case.name, []).append((name, result, timing))
+            self._drain(case)
+
+    def _needs(self, name: str, result: Result) -> set[str]:
+        if result.status != "ok" or name == ORACLE:
+            return set()
+        return {ORACLE} if self.op.paths[name].golden else set(self.sel.goldens)
+
+    def _drain(self, case: Case, force: bool = False) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for item in list(self.parked.get(case.name, [])):
+                name, result, timing = item
+                if not force and not self._needs(name, result) <= self.settled.get(case.name, set()):
+                    continue
+                self.parked[case.name].remove(item)
+                self._finish(case, name, result, timing)
+                if self.op.paths[name].golden:
+                    self.settled.setdefault(case.name, set()).add(name)
+                progress = True
+
+    def flush(self) -> None:
+        """What still waits (a golden that never reported, after an error): measured with what is in."""
+        with self.lock:
+            for case in self.sel.cases:
+                self._drain(case, force=True)
+
+    def _finish(self, case: Case, name: str, result: Result, timing: dict | None) -> None:
+        t0 = time.perf_counter()
+        rows = self._measure(case, name, result) if result.status == "ok" else []
+        if timing and result.status == "ok":
+            rows += self._timing_rows(case, name, Timing(timing["samples_us"], timing["mode"]))
+        w = self.wall.setdefault(name, {})
+        w["drift"] = w.get("drift", 0.0) + time.perf_counter() - t0
+        self._record(case, name, result, rows)
+
+    def unit_rows(self, name: str, ran: dict, parts: tuple[str, ...]) -> list[dict]:
+        """Where path `name`'s seconds went (suite kernels, case = the op): `parts` of M.WALL_PARTS, and
+        the total with them. Never judged by compare or gate: they explain a slow run."""
+        w = self.wall.get(name, {})
+        if not w.get("workers") and not self.op.paths[name].golden:
+            return []  # skipped here: nothing ran
+        version = hashlib.sha256(",".join(c.version(self.op.name) for c in self.sel.cases).encode()).hexdigest()[:12]
+        counts = {k: w.get(k, 0) for k in ("workers", "forked", "input_builds", "input_hits", "jit_measured")}
+        detail = {**counts, "slot": ran["slot"], "golden": self.op.paths[name].golden}
+        figures = {k: w.get(k, 0.0) for k in parts}
+        if "drift" not in parts:
+            figures = {"total": ran["seconds"], **figures}
+        return [
+            row(self.writer.run_id, SUITE, self.op.name, version, name, M.wall(p), v, unit="s", detail=detail)
+            for p, v in figures.items()
+        ]
 
     def _replay(self, name: str, live_reason: str | None) -> list[Case]:
         """Use the stored outputs of golden `name`, verified, in place of running it. Returns the cases
@@ -153,13 +305,13 @@ class _OpRun:
                     seed=self.s.seed,
                 )
             except goldens.GoldenError as exc:
-                self._record(case, name, Result(case.name, "failed", 0.0, detail={"error": str(exc)}), [])
+                self._deliver(case, name, Result(case.name, "failed", 0.0, detail={"error": str(exc)}))
                 continue
             if isinstance(found, str):
                 if name == ORACLE and live_reason is None and found.startswith("no stored golden"):
                     missing.append(case)
                 else:
-                    self._record(case, name, Result(case.name, f"skipped({why_stored}stored: {found})", 0.0), [])
+                    self._deliver(case, name, Result(case.name, f"skipped({why_stored}stored: {found})", 0.0))
                 continue
             target = output_file(self.outdir, case.name, name)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +321,7 @@ class _OpRun:
             result = Result(
                 case.name, "ok", 0.0, m["input_digest"], {"captured": {k: m[k] for k in ("date", "gpu", "driver")}}
             )
-            self._record(case, name, result, self._measure(case, name, result))
+            self._deliver(case, name, result)
         return missing
 
     def _record(self, case: Case, name: str, result: Result, rows: list[dict]) -> None:
@@ -177,7 +329,7 @@ class _OpRun:
         if self.op.paths[name].golden and result.status == "ok":
             detail["source"] = self.source.setdefault((case.name, name), "live")
         outcome = self._row(case, name, M.OUTCOME, result.seconds, unit="s", status=result.status, detail=detail)
-        with self.lock:
+        with self.record:
             if self.s.cancelled.is_set():
                 return
             self.writer.add([outcome, *rows])
@@ -223,7 +375,7 @@ class _OpRun:
 
     def _valid(self, case: Case) -> dict:
         if case.name not in self.masks:
-            inputs = cached_inputs(self.op.module, self.op.name, case, self.s.seed, self.outdir)
+            inputs = cached_inputs(self.op.module, self.op.name, case, self.s.seed, self.inputs)
             self.masks[case.name] = self.op.valid_region(inputs, case)
         return self.masks[case.name]
 
@@ -256,7 +408,7 @@ class _OpRun:
                 if outs[out_name].is_floating_point():  # indices and ids are the op's metrics() to judge
                     metrics += drift.secondary_drift(out_name, outs[out_name], ref[out_name], valid.get(out_name))
             if hasattr(self.op.module, "metrics"):
-                inputs = cached_inputs(self.op.module, self.op.name, case, self.s.seed, self.outdir)
+                inputs = cached_inputs(self.op.module, self.op.name, case, self.s.seed, self.inputs)
                 metrics += self.op.metrics(outs, ref, inputs, case)
         except (ValueError, KeyError) as exc:
             result.status = "failed"

@@ -7,6 +7,8 @@ file and the field.
     cases = "auto"          # "auto": tag "tiny" without a GPU, "flash" on one; or a list of tags/globs
     timeout_s = 600         # per case and path, JIT included
     seed = 0
+    slots = 1               # concurrent workers per device (each GPU, or the CPU)
+    cache_dir = "..."       # JIT and input caches kept between runs (harness/cache.py)
     [kernels.ops.mla_sparse_decode]       # no [kernels.ops]: every op, every path
     impls = ["sglang.triton", "sglang.torch"]
     goldens = ["fp64", "flashinfer.fa2"]
@@ -72,6 +74,8 @@ class KernelsConfig:
     seed: int = 0
     ops: dict[str, OpConfig] | None = None  # None: every op discovered
     timing: dict | None = None  # {"repeats", "warmup", "cuda_graph", "on_cpu"}: on a GPU (on_cpu: the CPU too)
+    slots: int = 1  # concurrent workers per device (each GPU, or the CPU); SM120_HARNESS_SLOTS overrides
+    cache_dir: str | None = None  # harness/cache.py; SM120_HARNESS_CACHE overrides
 
 
 @dataclass
@@ -353,7 +357,7 @@ def _gate(file: Path, t: Any) -> GateConfig:
 def _kernels(file: Path, t: Any) -> KernelsConfig:
     if not isinstance(t, dict):
         raise _err(file, "kernels", "expected a table")
-    _check_keys(file, "[kernels]", t, {"cases", "timeout_s", "seed", "ops", "timing"})
+    _check_keys(file, "[kernels]", t, {"cases", "timeout_s", "seed", "ops", "timing", "slots", "cache_dir"})
     cfg = KernelsConfig()
     if "cases" in t:
         c = t["cases"]
@@ -364,6 +368,12 @@ def _kernels(file: Path, t: Any) -> KernelsConfig:
         if isinstance(t["seed"], bool) or not isinstance(t["seed"], int) or t["seed"] < 0:
             raise _err(file, "[kernels].seed", f"expected a non-negative integer, got {t['seed']!r}")
         cfg.seed = t["seed"]
+    if "slots" in t:
+        cfg.slots = _int(file, "[kernels].slots", t["slots"])
+    if "cache_dir" in t:
+        if not isinstance(t["cache_dir"], str) or not t["cache_dir"]:
+            raise _err(file, "[kernels].cache_dir", f"expected a folder, a non-empty string; got {t['cache_dir']!r}")
+        cfg.cache_dir = t["cache_dir"]
     if "timing" in t:
         tm = t["timing"]
         if not isinstance(tm, dict):

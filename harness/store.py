@@ -338,6 +338,30 @@ def list_runs(store: str | Path) -> list[Run]:
     return runs
 
 
+def latest(store: str | Path, match: Callable[[dict], bool]) -> Run | None:
+    """The latest run (by start time) whose manifest `match` accepts; only its measurements are read."""
+    found: list[tuple[str, str]] = []
+    if is_url(store):
+        fs, root = fsspec.core.url_to_fs(str(store))
+        dirs = fs.ls(root, detail=False) if fs.exists(root) else []
+        for d in dirs:
+            try:
+                manifest = json.loads(fs.cat_file(f"{d}/run.json"))
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            if match(manifest):
+                found.append((manifest.get("started_at", ""), fs.unstrip_protocol(d)))
+    elif Path(store).is_dir():
+        for d in Path(store).iterdir():
+            try:
+                manifest = json.loads((d / "run.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if match(manifest):
+                found.append((manifest.get("started_at", ""), str(d)))
+    return load_run(max(found)[1]) if found else None
+
+
 def resolve(store: str | Path, ref: str) -> Run:
     """A run named by its directory, its id, `latest`, `latest:<profile>`, or an SGLang commit prefix."""
     if Path(ref).is_dir() and (Path(ref) / "run.json").exists():

@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = Path(__file__).resolve().parent / "ops"
+# the tests never touch the runner's caches; each CLI call gets caches of its own (a test that changes
+# an op's inputs without changing its code must not be handed the inputs of another test)
+_CACHES = tempfile.TemporaryDirectory(prefix="sm120-harness-test-caches-")
+os.environ.setdefault("SM120_HARNESS_CACHE", os.path.join(_CACHES.name, "shared"))
 
 
 def sglang_available() -> bool:
@@ -36,7 +41,7 @@ def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout:
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "SM120_HARNESS_CACHE": tempfile.mkdtemp(dir=_CACHES.name), **(env or {})},
         timeout=timeout,
     )
 

@@ -61,9 +61,15 @@ def _wait_for_good(tmp_path, timeout=120):
 
 def _workers_of(pid: int) -> list[int]:
     """Worker processes started by harness process `pid` (its pid is in their job file's name), also
-    once they have been re-parented."""
+    once they have been re-parented; and its fork server with the workers forked from it (they show
+    the server's arguments, which end with the harness's pid)."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if "harness.worker" in line and f"-{pid}-" in line]
+    return [
+        int(line.split()[0])
+        for line in out.splitlines()[1:]
+        if ("harness.worker" in line and f"-{pid}-" in line)
+        or ("harness.forkserver" in line and line.split()[-1] == str(pid))
+    ]
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])

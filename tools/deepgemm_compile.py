@@ -159,6 +159,9 @@ def _compile(src: Path, jobs: int) -> Path:
             extra_ldflags=[
                 *(f"-L{d}" for d in libdirs),
                 "-lcudart",
+                # torch's libraries export their own (older GCC's) std::regex instantiations; without this
+                # DeepJIT's regex code binds to them and crashed on an H200 (get_compiler_info, SIGSEGV)
+                "-Wl,-Bsymbolic",
                 *(f"-Wl,-rpath,{d}" for d in (*libdirs, Path(torch.__file__).parent / "lib")),
             ],
             build_directory=str(build),
