@@ -89,7 +89,7 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
     if df.empty:
         return "no kernels audited"
     over = set(zip(breaches["case"], breaches["impl"], breaches["metric"]))
-    lines = [["kernel / config", "path", "status", "shared B", "regs", "spill B", "forbidden"]]
+    lines = [["kernel / config", "path", "status", "shared B", "dynamic B", "regs", "spill B", "forbidden", "cluster"]]
     for (case, impl), g in df.groupby(["case", "impl"], sort=False):
         vals = dict(zip(g["metric"], g["value"]))
         status = next(iter(g["status"]))
@@ -102,7 +102,7 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
 
         status = status if len(status) <= 40 else status[:37] + "..."
         if "kernels" in vals:
-            lines.append([case, impl, status, f"{fmt(vals['kernels'])} kernel variant(s)", "", "", ""])
+            lines.append([case, impl, status, f"{fmt(vals['kernels'])} kernel(s)", "", "", "", "", ""])
             continue
         lines.append(
             [
@@ -110,9 +110,11 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
                 impl,
                 status,
                 cell("shared_bytes"),
+                cell("dynamic_shared_bytes"),
                 cell("registers"),
                 cell("spill_bytes"),
                 cell("forbidden_instructions"),
+                cell("cluster_launches"),
             ]
         )
     widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]

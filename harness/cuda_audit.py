@@ -363,4 +363,5 @@ def _replay_child(so: str, calls_file: str, out_file: str) -> None:
 
 
 if __name__ == "__main__":
+    sys.modules["torch"] = None  # tvm_ffi's optional torch support: ten seconds of import the replay never uses
     _replay_child(*sys.argv[1:4])
