@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import cuda_audit
+from harness import cuda_audit, tilelang_audit
 from harness.store import read_journal
 
 SM120_SHARED_BYTES = 101376  # cudaDevAttrMaxSharedMemoryPerBlockOptin on compute capability 12.0
@@ -228,13 +228,16 @@ def run_audit(selections, writer, settings) -> None:
                 records = read_journal(capture)
                 errors = [r["error"] for r in records if "error" in r]
                 modules = {r["module"]: r for r in records if r.get("kind") == "cuda"}
+                tl_kernels = list(
+                    {json.dumps(r, sort_keys=True): r for r in records if r.get("kind") == "tilelang"}.values()
+                )
                 calls = [r for r in records if r.get("kind") == "cuda_call"]
                 todo = {}
                 for launch in (r for r in records if "error" not in r and "kind" not in r):
                     for v in variants(launch):
                         todo.setdefault(key(v), v)
                 failures = {r.case: r.status for r in bad}
-                if attempt and not todo and not modules:
+                if attempt and not todo and not modules and not tl_kernels:
                     why = next((r.detail.get("error", "") for r in results if r.detail.get("error")), "")
                     writer.add(
                         [
@@ -268,7 +271,7 @@ def run_audit(selections, writer, settings) -> None:
                         impl,
                         "capture",
                         "kernels",
-                        float(len(todo) + len(modules)),
+                        float(len(todo) + len(modules) + len(tl_kernels)),
                         unit="count",
                         status=status,
                         better="higher",
@@ -287,6 +290,7 @@ def run_audit(selections, writer, settings) -> None:
                 print(
                     f"{op}  {impl}  {status}: {len(todo)} Triton kernel variant(s) compiled for sm_120a, "
                     f"{len(modules)} JIT CUDA module(s) built for SM120, "
+                    f"{len(tl_kernels)} TileLang kernel(s) lowered for sm_120a, "
                     f"{over} over {SM120_SHARED_BYTES} B of shared memory",
                     file=sys.stderr,
                     flush=True,
@@ -456,4 +460,69 @@ def _cuda_rows(modules: dict[str, dict], calls: list[dict], settings, add) -> li
                 rows.append(
                     add(label, "cluster_launches", float(len(launches) if cluster else 0), unit="count", detail=detail)
                 )
+    return rows
+
+
+def _tilelang_rows(kernels: list[dict], stem: Path, settings, add) -> list[dict]:
+    """Per device kernel of each captured TileLang kernel, lowered for sm_120a: static + dynamic shared
+    memory against SM120's, registers, spills, SASS SM120 lacks."""
+    if not kernels:
+        return []
+    found, crash = tilelang_audit.run(kernels, stem, settings.timeout_s * len(kernels))
+    rows = []
+    for i, rec in enumerate(kernels):
+        blob = json.dumps([rec["module"], rec["name"], rec["args"], rec["kwargs"], rec["options"]], sort_keys=True)
+        tag = hashlib.sha256(blob.encode()).hexdigest()[:8]
+        args = ",".join(str(a) for a in rec["args"] if isinstance(a, (int, float, str)))[:60]
+        base = {"kind": "tilelang", "file": rec["file"], "function": rec["qualname"], "args": rec["args"],
+                "kwargs": rec["kwargs"], "options": rec["options"]}  # fmt: skip
+        f = found.get(i)
+        if f is None or not f["ok"]:
+            status = (
+                "crashed" if f is None else ("failed" if "error" in f else f"skipped(not lowered here: {f['skipped']})")
+            )
+            error = (crash or "no result") if f is None else f.get("error")
+            rows.append(
+                add(
+                    f"{rec['name']}/{args or 'default'}/{tag}",
+                    "shared_bytes",
+                    float("nan"),
+                    unit="B",
+                    status=status,
+                    detail={**base, "error": error},
+                )  # fmt: skip
+            )
+            continue
+        for k in f["kernels"]:
+            dynamic, static = k["dynamic_shared"], k.get("static_shared", 0)
+            detail = {
+                **base,
+                "kernel": k["kernel"],
+                "target": f["target"],
+                "tilelang": f["tilelang"],
+                "thread_extent": k["thread_extent"],
+                "static_shared_bytes": static,
+                "dynamic_shared_from": "TileLang's lowering: the dyn_shared_memory_buf its host code launches the "
+                "kernel with, for the arguments the path passed",
+            }
+            label = f"{k['kernel']}/{args or 'default'}/{tag}"
+            rows.append(
+                add(label, "shared_bytes", static + dynamic, unit="B", detail={**detail, "limit": SM120_SHARED_BYTES})
+            )
+            rows.append(add(label, "dynamic_shared_bytes", dynamic, unit="B", detail=detail))
+            if "registers" in k:
+                rows.append(add(label, "registers", k["registers"], unit="count", detail=detail))
+                rows.append(
+                    add(label, "spill_bytes", k["local_bytes"], unit="B", detail={**detail, "stack": k["stack_bytes"]})
+                )
+            forbidden = k.get("sass_forbidden", [])
+            rows.append(
+                add(
+                    label,
+                    "forbidden_instructions",
+                    float(len(forbidden)),
+                    unit="count",
+                    detail={**detail, "found": forbidden},
+                )
+            )
     return rows

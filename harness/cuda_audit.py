@@ -193,18 +193,16 @@ def _demangle(names: list[str]) -> dict[str, str]:
     return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
 
 
-def resources(build_dir: Path) -> dict[str, dict]:
-    """Per kernel of the module's cubin: registers, static shared memory, local memory, stack, the
-    target, and the SASS instructions SM120 lacks."""
+def resources(files: list[Path]) -> dict[str, dict]:
+    """Per kernel of these objects' or cubins' device code: registers, static shared memory, local
+    memory, stack, the target, and the SASS instructions SM120 lacks."""
     from harness.audit import FORBIDDEN_SASS
 
     tool = _cuobjdump()
     out: dict[str, dict] = {}
-    for obj in sorted(build_dir.glob("*.o")):
-        if obj.name.startswith("recorder"):
-            continue
-        res = _run([tool, "-res-usage", str(obj)], build_dir, "cuobjdump -res-usage")
-        sass = _run([tool, "-sass", str(obj)], build_dir, "cuobjdump -sass")
+    for obj in files:
+        res = _run([tool, "-res-usage", str(obj)], obj.parent, "cuobjdump -res-usage")
+        sass = _run([tool, "-sass", str(obj)], obj.parent, "cuobjdump -sass")
         arch = re.search(r"arch = (\S+)", res)
         for m in re.finditer(
             r"Function (\S+):\s*\n\s*REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", res, re.MULTILINE
@@ -261,7 +259,7 @@ def audit_module(module: dict, calls: list[dict], timeout_s: float) -> dict:
     """One captured module, compiled and its launches evaluated: per kernel, what it needs on SM120."""
     t0 = time.perf_counter()
     build_dir, cached = build(module)
-    kernels = resources(build_dir)
+    kernels = resources(sorted(o for o in build_dir.glob("*.o") if not o.name.startswith("recorder")))
     evaluated = replay(build_dir, module["module"], calls, timeout_s) if calls else []
     return {
         "module": module["module"],

@@ -217,7 +217,7 @@ def child(job_file: str) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from harness import jit_capture, triton_capture
+    from harness import jit_capture, tilelang_capture, triton_capture
     from harness.catalogue import load_op_file
     from harness.inputs import cached_inputs, digest, to_device
     from harness.op import ORACLE, Unavailable
@@ -225,6 +225,7 @@ def child(job_file: str) -> int:
 
     triton_capture.install_from_env()
     jit_capture.install_from_env()
+    tilelang_capture.install_from_env()
     op = load_op_file(Path(job.op_file))
     path = op.paths[job.path]
     cases = op.cases()
