@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import cuda_audit, tilelang_audit
+from harness import cuda_audit, jit_capture, tilelang_audit
 from harness.store import read_journal
 
 SM120_SHARED_BYTES = 101376  # cudaDevAttrMaxSharedMemoryPerBlockOptin on compute capability 12.0
@@ -211,6 +211,8 @@ def run_audit(selections, writer, settings) -> None:
                     continue
                 capture = tmp / f"{op}.{impl}.launches.jsonl"
                 env = worker_env(path, settings.capability, settings.slots[0], SM120_HARNESS_CAPTURE=str(capture))
+                if attempt:  # it never runs a kernel here: let SGLang choose as on an SM120 host
+                    env[jit_capture.AS_SM120] = "1"
                 toolkit = cuda_audit.toolkit_root()
                 if "CUDA_HOME" not in env and "CUDA_PATH" not in env and toolkit is not None:
                     env["CUDA_HOME"] = str(toolkit)  # SGLang's JIT then names the audit extra's nvcc
@@ -284,7 +286,9 @@ def run_audit(selections, writer, settings) -> None:
                     settings,
                     lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k),
                 )
-                rows += _cuda_rows(modules, calls, settings, lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k))
+                at = lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k)
+                rows += _cuda_rows(modules, calls, settings, at)
+                rows += _tilelang_rows(tl_kernels, tmp / f"{op}.{impl}", settings, at)
                 writer.add(rows)
                 over = sum(1 for r in rows if r["metric"] == "shared_bytes" and r["value"] > SM120_SHARED_BYTES)
                 print(

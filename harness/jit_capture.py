@@ -23,6 +23,7 @@ from typing import Any
 from harness.triton_capture import ENV
 
 SM120_CAPABILITY = (12, 0)
+AS_SM120 = "SM120_HARNESS_CAPTURE_AS_SM120"  # set for a CUDA path captured on a machine without a GPU
 _lock = threading.Lock()
 _keep = []  # the arch override stays entered for the worker's life
 
@@ -76,6 +77,10 @@ def install(path: str) -> None:
     override = arch.override_jit_cuda_arch(*SM120_CAPABILITY)
     override.__enter__()
     _keep.append(override)
+    if os.environ.get(AS_SM120):  # a path captured without a GPU: SGLang's SM120 choices (TileLang pass configs)
+        common = import_module("sglang.srt.utils.common")
+        utils = import_module("sglang.srt.utils")
+        common.is_sm120_supported = utils.is_sm120_supported = lambda *a, **k: True
 
     def write(record: dict) -> None:
         with _lock, open(path, "a", encoding="utf-8") as f:
