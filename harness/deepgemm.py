@@ -4,6 +4,7 @@ The prebuilt sgl-deep-gemm library works only with the torch it was built agains
 either fails to load or fails every call (e.g. "dim == 2 or dim == 3" from its layout checks with
 torch 2.11). Such a host cannot run the golden at all, which is a skip with the reason, not a
 failure of the op; a call that fails after the probe passed is a real failure and is recorded so.
+There, tools/deepgemm-build's bundle builds DeepGEMM from source against the host's torch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ def _probe() -> ModuleType | str:
     try:
         import deep_gemm
     except Exception as exc:  # an ABI mismatch surfaces as ImportError, OSError or RuntimeError
-        return f"deep_gemm cannot be loaded with torch {torch.__version__} ({type(exc).__name__}: {exc})"
+        return (
+            f"deep_gemm cannot be loaded with torch {torch.__version__} ({type(exc).__name__}: {exc}); "
+            "tools/deepgemm-build builds it from source for this torch"
+        )
     # one small BF16 GEMM that every DeepGEMM build with SM90/SM100/SM120 kernels has
     try:
         a = torch.randn(128, 256, device="cuda", dtype=torch.bfloat16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -18,7 +19,6 @@ PACKAGES = {
     "torch": "torch",
     "triton": "triton",
     "flashinfer-python": "flashinfer",
-    "sgl-deep-gemm": "deep_gemm",
     "sgl-flash-mla": "flash_mla",
     "sglang": "sglang",
     "sm120-harness": "harness",
@@ -48,6 +48,25 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def imported_version(module: str) -> str | None:
+    """The version of the `module` an import would load (found, not imported): its distribution's where one
+    holds that very file, else the module's own `__version__`. A source build on PYTHONPATH (DeepGEMM
+    built by tools/deepgemm-build) shadows any installed wheel, and the golden must say which it was."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    origin = Path(spec.origin).resolve()
+    for dist in metadata.packages_distributions().get(module, []):
+        found = metadata.distribution(dist)
+        if Path(str(found.locate_file(f"{module}/__init__.py"))).resolve() == origin:
+            return found.version
+    m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", origin.read_text(errors="replace"), re.MULTILINE)
+    return m.group(1) if m else None
 
 
 def _git(folder: Path, *args: str) -> str | None:
@@ -169,6 +188,7 @@ def fingerprint() -> dict[str, Any]:
     commit, commit_source = sglang_commit()
     packages = {key: _version(dist) for dist, key in PACKAGES.items()}
     packages["sglang"] = _sglang_generated("__version__") or packages["sglang"]
+    packages["deep_gemm"] = imported_version("deep_gemm")
     return {
         "gpu": _gpus(),
         "packages": packages,

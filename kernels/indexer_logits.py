@@ -290,15 +290,18 @@ def deepgemm(t: dict, case: Case) -> dict[str, torch.Tensor]:
 
 def _deepgemm_call(t: dict, case: Case) -> Callable[[], torch.Tensor]:
     """DeepGEMM's paged MQA logits as SGLang calls it: context_lens [B, 1] int32, the schedule from
-    get_paged_mqa_logits_metadata(block_kv=64) made once (not timed)."""
+    get_paged_mqa_logits_metadata(block_kv=64) made once (not timed). Upstream DeepGEMM renamed the op
+    fp8_fp4_paged_mqa_logits (Q as (values, None) for FP8, no clean_logits: the tail is left unwritten),
+    the same kernel on SM90."""
     from harness import deepgemm as dg
 
     deep_gemm = dg.load()
     context_lens = t["seq_lens"].to(torch.int32).view(-1, 1).contiguous()
     meta = deep_gemm.get_paged_mqa_logits_metadata(context_lens, PAGE, deep_gemm.get_num_sms())
-    return lambda: deep_gemm.fp8_paged_mqa_logits(
-        t["q_fp8"], t["kv_cache"], t["weights"], context_lens, t["page_table"], meta, max_seq_len(t), False
-    )
+    args = (t["kv_cache"], t["weights"], context_lens, t["page_table"], meta, max_seq_len(t))
+    if hasattr(deep_gemm, "fp8_paged_mqa_logits"):
+        return lambda: deep_gemm.fp8_paged_mqa_logits(t["q_fp8"], *args, False)
+    return lambda: deep_gemm.fp8_fp4_paged_mqa_logits((t["q_fp8"], None), *args)
 
 
 PATHS = [

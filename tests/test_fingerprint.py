@@ -56,3 +56,14 @@ def test_sources_inside_another_repository_are_not_its_commit(tmp_path, monkeypa
 def test_redact():
     args = ["run", "--hf-token", "hf_secret", "--api-key=sk-1", "OPENAI_API_KEY=sk-2", "--tp", "2"]
     assert redact(args) == ["run", "--hf-token", "***", "--api-key=***", "OPENAI_API_KEY=***", "--tp", "2"]
+
+
+def test_deep_gemm_version_is_that_of_the_module_an_import_finds(tmp_path, monkeypatch):
+    from harness.fingerprint import imported_version
+
+    pkg = tmp_path / "built" / "deep_gemm"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n__version__ = '2.8.2.post20261020'\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "built"))
+    assert imported_version("deep_gemm") == "2.8.2.post20261020"  # read, not imported
+    assert imported_version("no_such_module_here") is None
