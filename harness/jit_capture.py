@@ -107,7 +107,9 @@ def install(path: str) -> None:
 
 
 def install_from_env() -> None:
-    if os.environ.get(ENV):
+    from harness.sglang_src import sglang_root
+
+    if os.environ.get(ENV) and sglang_root() is not None:  # without SGLang there is no JIT to capture
         try:
             install(os.environ[ENV])
         except Exception as exc:  # no SGLang JIT here: nothing of it can be captured, the path still runs
