@@ -112,6 +112,6 @@ def install_from_env() -> None:
     if os.environ.get(ENV) and sglang_root() is not None:  # without SGLang there is no JIT to capture
         try:
             install(os.environ[ENV])
-        except Exception as exc:  # no SGLang JIT here: nothing of it can be captured, the path still runs
+        except Exception as exc:  # SGLang without the JIT internals patched here: said, and the path still runs
             with open(os.environ[ENV], "a", encoding="utf-8") as f:
                 f.write(json.dumps({"error": f"JIT capture not installed: {type(exc).__name__}: {exc}"}) + "\n")
