@@ -5,8 +5,8 @@ to a cubin with TileLang's own nvcc options.
 
 Per device kernel: the dynamic shared memory is TileLang's launch parameter (`dyn_shared_memory_buf`
 of the lowered device function, what its host code passes at launch); static shared memory, registers,
-spills and SASS come from the cubin through cuobjdump. A kernel whose jit function takes tensors
-(TileLang's lazy style, shapes inferred from the arguments) is reported as not reproduced.
+spills and SASS come from the cubin through cuobjdump. A jit function that takes tensors (TileLang's
+lazy style, shapes inferred from them) is lowered from CPU tensors of the captured shapes.
 
 Findings are cached by the hash of the kernel's record, its source file and the tilelang version.
 
@@ -57,6 +57,14 @@ def _original(obj):
     return obj
 
 
+def _tensor(a):
+    import torch
+
+    if isinstance(a, dict) and "tensor" in a:
+        return torch.empty(a["tensor"]["shape"], dtype=getattr(torch, a["tensor"]["dtype"]))
+    return a
+
+
 def lower(record: dict) -> dict:
     """Lower one captured kernel for SM120 and read what each of its device kernels needs."""
     import tilelang
@@ -66,8 +74,6 @@ def lower(record: dict) -> dict:
     from harness.cuda_audit import resources
     from harness.sglang_src import import_module
 
-    if any(isinstance(a, dict) and "tensor" in a for a in [*record["args"], *record["kwargs"].values()]):
-        raise NotReproduced("its jit function takes tensors (shapes inferred at the call)")
     if record["module"].startswith("sglang."):
         module = import_module(record["module"])
     else:  # a kernel file loaded by path (an op file's own kernel)
@@ -81,7 +87,13 @@ def lower(record: dict) -> dict:
         raise NotReproduced(f"{record['qualname']} is defined inside a function")
     fn = _original(getattr(module, record["name"]))
     options = {k: v for k, v in record["options"].items() if k != "target"}
-    kernel = tilelang.jit(**options, target=tvm.target.Target(TARGET))(fn)(*record["args"], **record["kwargs"])
+    jit = tilelang.jit(**options, target=tvm.target.Target(TARGET))(fn)
+    args, kwargs = [_tensor(a) for a in record["args"]], {k: _tensor(v) for k, v in record["kwargs"].items()}
+    # lowering only, never a launch: a jit function that takes tensors (shapes inferred from them) is
+    # compiled from CPU tensors of the captured shapes, through TileLang's own mode inference
+    jit.mode = jit._infer_jit_mode(*args, **kwargs)
+    jit.func.set_mode(jit.mode)
+    kernel = jit.compile(*args, **kwargs)
     with kernel.target, tempfile.TemporaryDirectory(prefix="sm120-tilelang-") as tmp:
         options = tl_nvcc.default_compile_options(kernel.compile_flags)
         cubin = Path(tmp) / "kernel.cubin"
@@ -108,8 +120,9 @@ def lower_all(records: list[dict], out: Path) -> None:
     with open(out, "a", encoding="utf-8") as f:
         for i, record in enumerate(records):
             cache = _cache_file(record)
-            if cache is not None and cache.exists():
-                result = {**json.loads(cache.read_text()), "cached": True}
+            cached = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+            if cached.get("ok"):
+                result = {**cached, "cached": True}
             else:
                 try:
                     result = {"ok": True, **lower(record)}
@@ -117,7 +130,7 @@ def lower_all(records: list[dict], out: Path) -> None:
                     result = {"ok": False, "skipped": str(exc)}
                 except Exception as exc:  # a lowering or compile error is this kernel's finding
                     result = {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]}
-                if cache is not None and "error" not in result:
+                if cache is not None and result["ok"]:
                     cache.parent.mkdir(parents=True, exist_ok=True)
                     cache.write_text(json.dumps(result))
             f.write(json.dumps({"index": i, **result}) + "\n")
