@@ -146,6 +146,7 @@ def _compile(src: Path, jobs: int) -> Path:
             name="_C",
             sources=[str(src / "csrc" / "python_api.cpp")],
             extra_cflags=[
+                "-std=c++20",  # DeepJIT's std::format; torch's builder would otherwise add its own -std=c++17
                 "-O2",
                 "-Wno-psabi",
                 "-Wno-deprecated-declarations",
