@@ -1,10 +1,12 @@
-"""The SM120 static audit: the Triton kernels each SM120 path launches, compiled for `sm_120a`
-(no GPU needed) and checked against what SM120 has: 101376 B of shared memory per block, registers
-and spills, and no wgmma / tcgen05 (TMEM) instructions.
+"""The SM120 static audit: the kernels each SM120 path launches, compiled for SM120 (no GPU needed)
+and checked against what SM120 has: 101376 B of shared memory per block (static and dynamic
+together), registers and spills, no wgmma / tcgen05 (TMEM) instructions, and no cluster launch.
 
-Capture runs the profile's implementations in the usual workers with harness/triton_capture.py
-installed; compilation runs in a subprocess of its own, without TRITON_INTERPRET, so a compiler
-crash is one kernel's finding and not the end of the run:
+Capture runs the profile's implementations in the usual workers with harness/triton_capture.py and
+harness/jit_capture.py installed. Triton kernels are cross-compiled for `sm_120a` in a subprocess of
+their own, without TRITON_INTERPRET, so a compiler crash is one kernel's finding and not the end of
+the run; SGLang's JIT CUDA modules are built with SGLang's own nvcc command and their launch code
+evaluated by harness/cuda_audit.py:
 
     python -m harness.audit LAUNCHES.jsonl FINDINGS.jsonl
 """
@@ -22,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness import cuda_audit, jit_capture, tilelang_audit
 from harness import metrics as M
 from harness.store import read_journal
 
@@ -30,7 +33,9 @@ SM120 = ((12, 0), (12, 1))
 # instructions of SM90/SM100 that SM120 does not have: warpgroup MMA, 5th-gen tensor core and TMEM
 FORBIDDEN_PTX = re.compile(r"\b(wgmma\.[\w.]+|tcgen05\.[\w.]+)")
 FORBIDDEN_SASS = re.compile(r"\b(HGMMA|UTCHMMA|UTCQMMA|UTCMMA|UTCBAR|LDTM|STTM)\b")
-CEILINGS = {M.SHARED_BYTES: float(SM120_SHARED_BYTES), M.FORBIDDEN_INSTRUCTIONS: 0.0}
+# SGLang keeps its cluster paths off SM120 (topk v2's is ~144 KB of shared memory): a cluster launch on
+# an SM120 path means such a guard was bypassed
+CEILINGS = {M.SHARED_BYTES: float(SM120_SHARED_BYTES), M.FORBIDDEN_INSTRUCTIONS: 0.0, M.CLUSTER_LAUNCHES: 0.0}
 
 
 def variants(launch: dict) -> list[dict]:
@@ -188,7 +193,9 @@ def run_audit(selections, writer, settings) -> None:
                 if not is_sm120_path(path):
                     continue
                 reason = path.unsupported_reason(settings.capability)
-                if reason is not None:
+                # a JIT CUDA path reaches SGLang's load_jit without a GPU: try to capture it anyway
+                attempt = reason is not None and settings.capability is None and path.archs is None
+                if reason is not None and not attempt:
                     writer.add(
                         [
                             add(
@@ -205,6 +212,11 @@ def run_audit(selections, writer, settings) -> None:
                     continue
                 capture = tmp / f"{op}.{impl}.launches.jsonl"
                 env = worker_env(path, settings.capability, settings.slots[0], SM120_HARNESS_CAPTURE=str(capture))
+                if attempt:  # it never runs a kernel here: let SGLang choose as on an SM120 host
+                    env[jit_capture.AS_SM120] = "1"
+                toolkit = cuda_audit.toolkit_root()
+                if "CUDA_HOME" not in env and "CUDA_PATH" not in env and toolkit is not None:
+                    env["CUDA_HOME"] = str(toolkit)  # SGLang's JIT then names the audit extra's nvcc
                 job = Job(
                     op_file=str(sel.op.file),
                     path=impl,
@@ -218,16 +230,43 @@ def run_audit(selections, writer, settings) -> None:
                 bad = [r for r in results if r.status not in ("ok",) and not r.status.startswith("skipped")]
                 records = read_journal(capture)
                 errors = [r["error"] for r in records if "error" in r]
+                modules = {r["module"]: r for r in records if r.get("kind") == "cuda"}
+                tl_kernels = list(
+                    {json.dumps(r, sort_keys=True): r for r in records if r.get("kind") == "tilelang"}.values()
+                )
+                calls = [r for r in records if r.get("kind") == "cuda_call"]
                 todo = {}
-                for launch in (r for r in records if "error" not in r):
+                for launch in (r for r in records if "error" not in r and "kind" not in r):
                     for v in variants(launch):
                         todo.setdefault(key(v), v)
-                status = "ok" if not bad and not errors else "failed"
+                failures = {r.case: r.status for r in bad}
+                if attempt and not todo and not modules and not tl_kernels:
+                    why = next((r.detail.get("error", "") for r in results if r.detail.get("error")), "")
+                    writer.add(
+                        [
+                            add(
+                                op,
+                                impl,
+                                "capture",
+                                "kernels",
+                                float("nan"),
+                                unit="count",
+                                status=f"skipped(cannot run it here to capture its launches: {reason}"
+                                + (f"; without one it failed: {why[:300]}" if why else "")
+                                + ")",
+                            )
+                        ]
+                    )
+                    continue
+                if attempt:  # the kernels never ran: their outputs were never going to be right
+                    failures = {}
+                status = "ok" if not failures and not errors else "failed"
                 detail = {
                     "cases": len(results),
                     "launches": len(records),
+                    "cuda_modules": sorted(modules),
                     "errors": errors[:5],
-                    "path_failures": {r.case: r.status for r in bad},
+                    "path_failures": failures,
                 }
                 rows = [
                     add(
@@ -235,7 +274,7 @@ def run_audit(selections, writer, settings) -> None:
                         impl,
                         "capture",
                         M.KERNELS,
-                        float(len(todo)),
+                        float(len(todo) + len(modules) + len(tl_kernels)),
                         unit="count",
                         status=status,
                         better="higher",
@@ -248,10 +287,15 @@ def run_audit(selections, writer, settings) -> None:
                     settings,
                     lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k),
                 )
+                at = lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k)
+                rows += _cuda_rows(modules, calls, settings, at)
+                rows += _tilelang_rows(tl_kernels, tmp / f"{op}.{impl}", settings, at)
                 writer.add(rows)
                 over = sum(1 for r in rows if r["metric"] == M.SHARED_BYTES and r["value"] > SM120_SHARED_BYTES)
                 print(
-                    f"{op}  {impl}  {status}: {len(todo)} kernel variant(s) compiled for sm_120a, "
+                    f"{op}  {impl}  {status}: {len(todo)} Triton kernel variant(s) compiled for sm_120a, "
+                    f"{len(modules)} JIT CUDA module(s) built for SM120, "
+                    f"{len(tl_kernels)} TileLang kernel(s) lowered for sm_120a, "
                     f"{over} over {SM120_SHARED_BYTES} B of shared memory",
                     file=sys.stderr,
                     flush=True,
@@ -281,7 +325,13 @@ def _compile_rows(todo: list[dict], stem: Path, settings, add) -> list[dict]:
     rows = []
     for v in todo:
         k = key(v)
-        spec = {"file": v["file"], "signature": v["signature"], "constexprs": v["constexprs"], "options": v["options"]}
+        spec = {
+            "kind": "triton",
+            "file": v["file"],
+            "signature": v["signature"],
+            "constexprs": v["constexprs"],
+            "options": v["options"],
+        }
         f = found.get(k)
         if f is None:
             rows.append(
@@ -301,12 +351,183 @@ def _compile_rows(todo: list[dict], stem: Path, settings, add) -> list[dict]:
             )
             continue
         forbidden = sorted(set(f["ptx_forbidden"]) | set(f.get("sass_forbidden", [])))
-        detail = {**spec, "target": f["target"], "num_warps": f["num_warps"], "num_stages": f["num_stages"]}
+        detail = {
+            "kind": "triton",
+            **spec,
+            "target": f["target"],
+            "num_warps": f["num_warps"],
+            "num_stages": f["num_stages"],
+        }
         rows.append(add(k, M.SHARED_BYTES, f[M.SHARED_BYTES], unit="B", detail={**detail, "limit": SM120_SHARED_BYTES}))
+        # a Triton kernel's shared memory is all dynamic: what its launcher asks for
+        rows.append(add(k, M.DYNAMIC_SHARED_BYTES, f[M.SHARED_BYTES], unit="B", detail=detail))
         if M.REGISTERS in f:
             rows.append(add(k, M.REGISTERS, f[M.REGISTERS], unit="count", detail=detail))
             rows.append(add(k, M.SPILL_BYTES, f["local_bytes"], unit="B", detail={**detail, "stack": f["stack_bytes"]}))
         rows.append(
             add(k, M.FORBIDDEN_INSTRUCTIONS, float(len(forbidden)), unit="count", detail={**detail, "found": forbidden})
         )
+    return rows
+
+
+def _short_name(demangled: str) -> str:
+    """`void sglang::topk_transform_kernel<true>(sglang::TopKParams)` -> `topk_transform_kernel<true>`."""
+    name = re.sub(r"^void ", "", demangled)
+    depth, cut = 0, len(name)
+    for i, ch in enumerate(name):  # the parameter list is the first '(' outside template brackets
+        depth += ch == "<"
+        depth -= ch == ">"
+        if ch == "(" and depth == 0:
+            cut = i
+            break
+    return name[:cut].replace("sglang::", "").replace("/", "|")
+
+
+def _cuda_rows(modules: dict[str, dict], calls: list[dict], settings, add) -> list[dict]:
+    """Per kernel of each captured JIT CUDA module and each distinct launch of it (block, dynamic
+    shared memory, cluster): static + dynamic shared memory against SM120's, registers, spills,
+    SASS SM120 lacks, cluster launches."""
+    rows = []
+    for name, module in modules.items():
+        source = module["sources"][0] if module["sources"] else None
+        base = {"kind": "cuda", "file": source, "module": name}
+        try:
+            found = cuda_audit.audit_module(module, [c for c in calls if c["module"] == name], settings.timeout_s)
+        except (cuda_audit.CudaAuditError, OSError, subprocess.TimeoutExpired) as exc:
+            label = f"{name}/build/{hashlib.sha256(module['build_file'].encode()).hexdigest()[:8]}"
+            rows.append(
+                add(label, M.SHARED_BYTES, float("nan"), unit="B", status="failed", detail={**base, "error": str(exc)})
+            )
+            continue
+        base["command"] = found["command"]
+        for call in found["calls"]:
+            if "error" in call:  # SGLang's host code refused the captured arguments, or asked what is not answered
+                label = f"{name}/{call['function']}/{hashlib.sha256(json.dumps(call['args']).encode()).hexdigest()[:8]}"
+                detail = {**base, "error": call["error"], "args": call["args"], "events": call["events"]}
+                rows.append(add(label, M.SHARED_BYTES, float("nan"), unit="B", status="failed", detail=detail))
+        for mangled, res in found["kernels"].items():
+            events = [e for c in found["calls"] for e in c["events"] if e.get("kernel") == mangled]
+            opt_in = max((e["bytes"] for e in events if e["event"] == "max_dynamic_shared"), default=0)
+            groups: dict[tuple, list[dict]] = {}
+            for e in (e for e in events if e["event"] == "launch"):
+                groups.setdefault((tuple(e["block"]), e[M.DYNAMIC_SHARED_BYTES], tuple(e["cluster"] or ())), []).append(
+                    e
+                )
+            for (block, launch_dyn, cluster), launches in groups.items() or [(((), None, ()), [])]:
+                # cudaFuncSetAttribute past what the device has fails even before a launch asks for it
+                dynamic = max(launch_dyn or 0, opt_in)
+                shape = ".".join(
+                    [f"b{'x'.join(map(str, block))}" if block else "not-launched"]
+                    + ([f"dyn{dynamic}"] if launches else [])
+                    + ([f"cluster{'x'.join(map(str, cluster))}"] if cluster else [])
+                )
+                blob = json.dumps([found["command"], module["units"], mangled, block, dynamic, cluster])
+                label = f"{_short_name(res['name'])}/{shape}/{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+                detail = {
+                    **base,
+                    "kernel": res["name"],
+                    "symbol": mangled,
+                    "target": res["target"],
+                    "launched": bool(launches),
+                    "block": list(block) or None,
+                    "grids": sorted({tuple(e["grid"]) for e in launches}),
+                    "cluster": list(cluster) or None,
+                    "pdl": any(e["pdl"] for e in launches),
+                    "static_shared_bytes": res["static_shared"],
+                    "dynamic_shared_bytes_launch": launch_dyn,
+                    "dynamic_shared_bytes_opt_in": opt_in,
+                    # how the dynamic figure was obtained: SGLang's launch code, run, not re-derived
+                    "dynamic_shared_from": "evaluated: SGLang's host launch code built for SM120 and called with "
+                    "the captured arguments against a recording CUDA runtime (RTX PRO 6000 attributes)",
+                }
+                total = res["static_shared"] + dynamic
+                rows.append(add(label, M.SHARED_BYTES, total, unit="B", detail={**detail, "limit": SM120_SHARED_BYTES}))
+                rows.append(add(label, M.DYNAMIC_SHARED_BYTES, dynamic, unit="B", detail=detail))
+                rows.append(add(label, M.REGISTERS, res[M.REGISTERS], unit="count", detail=detail))
+                rows.append(
+                    add(
+                        label,
+                        M.SPILL_BYTES,
+                        res["local_bytes"],
+                        unit="B",
+                        detail={**detail, "stack": res["stack_bytes"]},
+                    )
+                )
+                rows.append(
+                    add(
+                        label,
+                        M.FORBIDDEN_INSTRUCTIONS,
+                        float(len(res["sass_forbidden"])),
+                        unit="count",
+                        detail={**detail, "found": res["sass_forbidden"]},
+                    )
+                )
+                rows.append(
+                    add(label, M.CLUSTER_LAUNCHES, float(len(launches) if cluster else 0), unit="count", detail=detail)
+                )
+    return rows
+
+
+def _tilelang_rows(kernels: list[dict], stem: Path, settings, add) -> list[dict]:
+    """Per device kernel of each captured TileLang kernel, lowered for sm_120a: static + dynamic shared
+    memory against SM120's, registers, spills, SASS SM120 lacks."""
+    if not kernels:
+        return []
+    found, crash = tilelang_audit.run(kernels, stem, settings.timeout_s * len(kernels))
+    rows = []
+    for i, rec in enumerate(kernels):
+        blob = json.dumps([rec["module"], rec["name"], rec["args"], rec["kwargs"], rec["options"]], sort_keys=True)
+        tag = hashlib.sha256(blob.encode()).hexdigest()[:8]
+        args = ",".join(str(a) for a in rec["args"] if isinstance(a, (int, float, str)))[:60]
+        base = {"kind": "tilelang", "file": rec["file"], "function": rec["qualname"], "args": rec["args"],
+                "kwargs": rec["kwargs"], "options": rec["options"]}  # fmt: skip
+        f = found.get(i)
+        if f is None or not f["ok"]:
+            status = (
+                "crashed" if f is None else ("failed" if "error" in f else f"skipped(not lowered here: {f['skipped']})")
+            )
+            error = (crash or "no result") if f is None else f.get("error")
+            rows.append(
+                add(
+                    f"{rec['name']}/{args or 'default'}/{tag}",
+                    M.SHARED_BYTES,
+                    float("nan"),
+                    unit="B",
+                    status=status,
+                    detail={**base, "error": error},
+                )  # fmt: skip
+            )
+            continue
+        for k in f["kernels"]:
+            dynamic, static = k["dynamic_shared"], k.get("static_shared", 0)
+            detail = {
+                **base,
+                "kernel": k["kernel"],
+                "target": f["target"],
+                "tilelang": f["tilelang"],
+                "thread_extent": k["thread_extent"],
+                "static_shared_bytes": static,
+                "dynamic_shared_from": "TileLang's lowering: the dyn_shared_memory_buf its host code launches the "
+                "kernel with, for the arguments the path passed",
+            }
+            label = f"{k['kernel']}/{args or 'default'}/{tag}"
+            rows.append(
+                add(label, M.SHARED_BYTES, static + dynamic, unit="B", detail={**detail, "limit": SM120_SHARED_BYTES})
+            )
+            rows.append(add(label, M.DYNAMIC_SHARED_BYTES, dynamic, unit="B", detail=detail))
+            if M.REGISTERS in k:
+                rows.append(add(label, M.REGISTERS, k[M.REGISTERS], unit="count", detail=detail))
+                rows.append(
+                    add(label, M.SPILL_BYTES, k["local_bytes"], unit="B", detail={**detail, "stack": k["stack_bytes"]})
+                )
+            forbidden = k.get("sass_forbidden", [])
+            rows.append(
+                add(
+                    label,
+                    M.FORBIDDEN_INSTRUCTIONS,
+                    float(len(forbidden)),
+                    unit="count",
+                    detail={**detail, "found": forbidden},
+                )
+            )
     return rows

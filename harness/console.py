@@ -93,7 +93,7 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
     if df.empty:
         return "no kernels audited"
     over = set(zip(breaches["case"], breaches["impl"], breaches["metric"]))
-    lines = [["kernel / config", "path", "status", "shared B", "regs", "spill B", "forbidden"]]
+    lines = [["kernel / config", "path", "status", "shared B", "dynamic B", "regs", "spill B", "forbidden", "cluster"]]
     for (case, impl), g in df.groupby(["case", "impl"], sort=False):
         vals = dict(zip(g["metric"], g["value"]))
         status = next(iter(g["status"]))
@@ -106,7 +106,7 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
 
         status = status if len(status) <= 40 else status[:37] + "..."
         if M.KERNELS in vals:
-            lines.append([case, impl, status, f"{fmt(vals[M.KERNELS])} kernel variant(s)", "", "", ""])
+            lines.append([case, impl, status, f"{fmt(vals[M.KERNELS])} kernel(s)", "", "", "", "", ""])
             continue
         lines.append(
             [
@@ -114,9 +114,11 @@ def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
                 impl,
                 status,
                 cell(M.SHARED_BYTES),
+                cell(M.DYNAMIC_SHARED_BYTES),
                 cell(M.REGISTERS),
                 cell(M.SPILL_BYTES),
                 cell(M.FORBIDDEN_INSTRUCTIONS),
+                cell(M.CLUSTER_LAUNCHES),
             ]
         )
     widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]

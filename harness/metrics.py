@@ -61,6 +61,7 @@ MAX_ABS, MAX_REL, FRAC_OUTSIDE_TOL = "max_abs", "max_rel", "frac_outside_tol"
 NONFINITE_MISMATCH, RMSE, RMSE_RATIO = "nonfinite_mismatch", "rmse", "rmse_ratio"
 SHARED_BYTES, REGISTERS, SPILL_BYTES = "shared_bytes", "registers", "spill_bytes"
 FORBIDDEN_INSTRUCTIONS, KERNELS = "forbidden_instructions", "kernels"
+DYNAMIC_SHARED_BYTES, CLUSTER_LAUNCHES = "dynamic_shared_bytes", "cluster_launches"
 # where a kernel run's seconds went, per (op, path): wall_total_s and its parts (harness/parity.py)
 WALL_PARTS = ("startup", "inputs", "jit", "call", "timing", "drift")
 
@@ -115,6 +116,8 @@ METRICS: dict[str, Metric] = {
         Metric(REGISTERS, "count", "lower", **_COUNT),
         Metric(SPILL_BYTES, "B", "lower", **_COUNT),
         Metric(FORBIDDEN_INSTRUCTIONS, "count", "lower", **_COUNT),
+        Metric(DYNAMIC_SHARED_BYTES, "B", "lower", **_COUNT),
+        Metric(CLUSTER_LAUNCHES, "count", "lower", **_COUNT),
         Metric(KERNELS, "count", "lower", COUNT, 0.0),
         # latencies have samples (one per repeat) but are judged as before: a factor of 2
         *(

@@ -126,6 +126,8 @@ def _audit_table(df: pd.DataFrame, over: set) -> list[dict]:
                 "impl": impl,
                 "status": g["status"].iloc[0],
                 "error": detail.get("error"),
+                "kind": detail.get("kind", ""),
+                "file": detail.get("file", ""),
                 "figures": dict(zip(g["metric"], g["value"])),
                 "over": {m for m in g["metric"] if (case, impl, "", m) in over},
             }

@@ -265,14 +265,16 @@ def child(job_file: str) -> int:
     import torch
     from safetensors.torch import save_file
 
+    from harness import jit_capture, tilelang_capture, triton_capture
     from harness.catalogue import load_op_file
     from harness.environment import missing_module
     from harness.inputs import load_or_build, to_device
     from harness.op import ORACLE, Unavailable
     from harness.sglang_src import SGL_KERNEL_CALLS
-    from harness.triton_capture import install_from_env
 
-    install_from_env()
+    triton_capture.install_from_env()
+    jit_capture.install_from_env()
+    tilelang_capture.install_from_env()
     if job.threads:
         torch.set_num_threads(job.threads)
     op = load_op_file(Path(job.op_file))
