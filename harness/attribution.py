@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness import metrics as M
 from harness.compare import compare
 from harness.console import fmt
 from harness.store import FAILURES
 
 # end-to-end figures whose drop asks "which kernel?"
-END_TO_END = {"gsm8k_acc": "accuracy", "output_tok_s": "perf", "request_s": "perf"}
+END_TO_END = {M.GSM8K_ACC: "accuracy", M.OUTPUT_TOK_S: "perf", M.REQUEST_S: "perf"}
 SHOWN = 3  # paths named in the one-line headline
 
 
@@ -35,7 +36,7 @@ class Drop:
 
     def text(self) -> str:
         p = "" if math.isnan(self.p_value) else f", p={self.p_value:.2g}"
-        if self.metric == "gsm8k_acc":
+        if self.metric == M.GSM8K_ACC:
             return f"GSM8K {100 * (self.candidate - self.baseline):+.1f} points ({self.case}{p})"
         return f"{self.case} {self.metric} {self.change:+.1%} ({self.baseline:.4g} -> {self.candidate:.4g}{p})"
 
@@ -56,7 +57,7 @@ class Moved:
     why: str  # compare()'s reason: the change and its p-value, or the status of a failed path
 
     def text(self) -> str:
-        if self.metric == "outcome":
+        if self.metric == M.OUTCOME:
             return f"{self.op}/{self.impl} failed"
         times = "x inf" if math.isinf(self.factor) else f"x{self.factor:.2g}"
         return f"{self.op}/{self.impl} {self.metric} {times}"
@@ -79,7 +80,7 @@ def _worse_factor(baseline: float, candidate: float, better: str) -> float:
 
 
 def _goldens(rows: pd.DataFrame) -> set[str]:
-    o = rows[rows["metric"] == "outcome"]
+    o = rows[rows["metric"] == M.OUTCOME]
     return {i for i, d in zip(o["impl"], o["detail"]) if json.loads(d or "{}").get("golden")}
 
 
@@ -163,8 +164,8 @@ def markdown(a: Attribution, runs: tuple[dict, dict], others: list[dict]) -> str
     ]
     for m in a.moved:
         ref = f" ({m.reference})" if m.reference else ""
-        if m.metric == "outcome":  # its value is wall seconds: the status is what changed
-            cells = [f"{m.op}/{m.impl}", m.case, "outcome", "ok", m.why, "new failure", m.rows, ""]
+        if m.metric == M.OUTCOME:  # its value is wall seconds: the status is what changed
+            cells = [f"{m.op}/{m.impl}", m.case, M.OUTCOME, "ok", m.why, "new failure", m.rows, ""]
         else:
             worse = "inf" if math.isinf(m.factor) else f"x{m.factor:.3g}"
             cells = [

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import metrics as M
 from harness.ceilings import breaches
 from harness.gate import Finding, gate
 from harness.profile import GateConfig
@@ -72,7 +73,7 @@ def _failing(findings: list[Finding]) -> list[Finding]:
 
 
 def _outcomes(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows[rows["metric"] == "outcome"]
+    return rows[rows["metric"] == M.OUTCOME]
 
 
 def _error(detail: str | None) -> str:
@@ -123,7 +124,7 @@ def new_failures(
         if f not in changes:  # a ceiling
             if (f.case, f.impl, f.reference, f.metric) not in crossed_at_good:
                 out.append(f)
-        elif not (f.metric == "outcome" and status_at_good.get((f.case, f.impl, f.metric)) in FAILURES):
+        elif not (f.metric == M.OUTCOME and status_at_good.get((f.case, f.impl, f.metric)) in FAILURES):
             out.append(f)
     return out
 

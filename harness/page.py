@@ -156,6 +156,7 @@ def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
             audit=audit,
             serving=_serving(run, df, over) if not df.empty else {},
             walltime=walltime.rows(df) if not df.empty else [],
+            M=M,  # the template names metrics through the vocabulary, as the engine does
             parts=walltime.PARTS,
             part_names=walltime.HEAD,
         )
