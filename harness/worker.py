@@ -311,7 +311,8 @@ def child(job_file: str) -> int:
             # a second call, to tell the first call's JIT, autotuning and lazy imports from the call
             # itself; on the CPU nothing is compiled, so only a worker's first case (its imports) is;
             # the oracle is plain PyTorch
-            if path.name != ORACLE and (job.device == "cuda" or i == 0):
+            # (not under the audit's capture: it would record every launch twice)
+            if path.name != ORACLE and (job.device == "cuda" or i == 0) and not os.environ.get(triton_capture.ENV):
                 wall.update(_steady(path, dev_inputs, cases[name], job.device))
             detail = {}
             timed_here = job.device == "cuda" or job.timing and job.timing.get("on_cpu")
