@@ -239,7 +239,8 @@ def run_audit(selections, writer, settings) -> None:
                 for launch in (r for r in records if "error" not in r and "kind" not in r):
                     for v in variants(launch):
                         todo.setdefault(key(v), v)
-                failures = {r.case: r.status for r in bad}
+                # the message, not only the status: a capture that stops early misses the kernels after it
+                failures = {r.case: f"{r.status}: {r.detail.get('error', '')}"[:300].rstrip(": ") for r in bad}
                 if attempt and not todo and not modules and not tl_kernels:
                     why = next((r.detail.get("error", "") for r in results if r.detail.get("error")), "")
                     writer.add(
@@ -476,11 +477,16 @@ def _tilelang_rows(kernels: list[dict], stem: Path, settings, add) -> list[dict]
     found, crash = tilelang_audit.run(kernels, stem, settings.timeout_s * len(kernels))
     rows = []
     for i, rec in enumerate(kernels):
-        blob = json.dumps([rec["module"], rec["name"], rec["args"], rec["kwargs"], rec["options"]], sort_keys=True)
+        blob = json.dumps(
+            [rec["module"], rec["name"], rec["args"], rec["kwargs"], rec["options"]]
+            + ([rec["factory"]] if rec.get("factory") else []),
+            sort_keys=True,
+        )
         tag = hashlib.sha256(blob.encode()).hexdigest()[:8]
         args = ",".join(str(a) for a in rec["args"] if isinstance(a, (int, float, str)))[:60]
         base = {"kind": "tilelang", "file": rec["file"], "function": rec["qualname"], "args": rec["args"],
-                "kwargs": rec["kwargs"], "options": rec["options"]}  # fmt: skip
+                "kwargs": rec["kwargs"], "options": rec["options"],
+                **({"factory": rec["factory"]} if rec.get("factory") else {})}  # fmt: skip
         f = found.get(i)
         if f is None or not f["ok"]:
             status = (

@@ -66,21 +66,39 @@ class RecordingModule:
         return call
 
 
+def _sm120_arch() -> None:
+    """SGLang's JIT reads the architecture it builds for (and whether it launches with PDL) from here."""
+    from harness.sglang_src import import_module
+
+    if _keep:
+        return
+    override = import_module("sglang.kernels.jit.utils.arch").override_jit_cuda_arch(*SM120_CAPABILITY)
+    override.__enter__()
+    _keep.append(override)
+
+
+def sm120_choices() -> None:
+    """For the rest of this process, SGLang chooses as on an SM120 host: the JIT architecture, and
+    `is_sm120_supported()` (which picks TileLang pass configs and block sizes) true."""
+    from harness.sglang_src import import_module
+
+    _sm120_arch()
+    common = import_module("sglang.srt.utils.common")
+    utils = import_module("sglang.srt.utils")
+    common.is_sm120_supported = utils.is_sm120_supported = lambda *a, **k: True
+
+
 def install(path: str) -> None:
     from harness.sglang_src import import_module
 
-    arch = import_module("sglang.kernels.jit.utils.arch")
     loader = import_module("sglang.kernels.jit.utils.compile.loader")
     ninja = import_module("sglang.kernels.jit.utils.compile.ninja")
     cache = import_module("sglang.kernels.jit.utils.compile.cache")
 
-    override = arch.override_jit_cuda_arch(*SM120_CAPABILITY)
-    override.__enter__()
-    _keep.append(override)
     if os.environ.get(AS_SM120):  # a path captured without a GPU: SGLang's SM120 choices (TileLang pass configs)
-        common = import_module("sglang.srt.utils.common")
-        utils = import_module("sglang.srt.utils")
-        common.is_sm120_supported = utils.is_sm120_supported = lambda *a, **k: True
+        sm120_choices()
+    else:
+        _sm120_arch()
 
     def write(record: dict) -> None:
         with _lock, open(path, "a", encoding="utf-8") as f:

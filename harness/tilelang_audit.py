@@ -27,6 +27,9 @@ from pathlib import Path
 TARGET = {"kind": "cuda", "arch": "sm_120a"}
 
 
+_lowered: dict[str, list[dict]] = {}  # per process: a PrimFunc's findings by its structural hash
+
+
 class NotReproduced(Exception):
     """A captured kernel the audit cannot lower again here; the message says why."""
 
@@ -65,13 +68,43 @@ def _tensor(a):
     return a
 
 
+def _from_factory(module, record: dict):
+    """A kernel defined inside a function: call that function again with the captured arguments,
+    under SGLang's SM120 choices (its closure reads them: PDL, pass configs), and take the function
+    it decorates under the kernel's name. Nothing is compiled here; `lower` does that for SM120."""
+    import tilelang
+
+    from harness.jit_capture import sm120_choices
+
+    outer = module
+    for part in record["factory"]["qualname"].split("."):
+        outer = getattr(outer, part)
+    outer = getattr(outer, "__wrapped__", outer)  # past functools.cache: the body must run
+    built: dict = {}
+
+    def jit(func=None, **options):
+        def decorate(fn):
+            built.setdefault(fn.__name__, fn)
+            return lambda *a, **k: None
+
+        return decorate(func) if callable(func) else decorate
+
+    real, tilelang.jit = tilelang.jit, jit
+    try:
+        sm120_choices()
+        outer(**{k: _tensor(v) for k, v in record["factory"]["kwargs"].items()})
+    finally:
+        tilelang.jit = real
+    if record["name"] not in built:
+        raise NotReproduced(f"{record['factory']['qualname']} no longer defines {record['name']}")
+    return built[record["name"]]
+
+
 def lower(record: dict) -> dict:
     """Lower one captured kernel for SM120 and read what each of its device kernels needs."""
     import tilelang
-    import tilelang.contrib.nvcc as tl_nvcc
     from tilelang import tvm
 
-    from harness.cuda_audit import resources
     from harness.sglang_src import import_module
 
     if record["module"].startswith("sglang."):
@@ -83,9 +116,12 @@ def lower(record: dict) -> dict:
         spec.loader.exec_module(module)
     if hasattr(module, "_load_tilelang"):  # SGLang's mhc binds `T` to real TileLang only on first use
         module._load_tilelang()
-    if record["qualname"] != record["name"]:
-        raise NotReproduced(f"{record['qualname']} is defined inside a function")
-    fn = _original(getattr(module, record["name"]))
+    if record.get("factory"):
+        fn = _from_factory(module, record)
+    elif record["qualname"] != record["name"]:
+        raise NotReproduced(f"{record['qualname']} is defined inside a function the capture could not name")
+    else:
+        fn = _original(getattr(module, record["name"]))
     options = {k: v for k, v in record["options"].items() if k != "target"}
     jit = tilelang.jit(**options, target=tvm.target.Target(TARGET))(fn)
     args, kwargs = [_tensor(a) for a in record["args"]], {k: _tensor(v) for k, v in record["kwargs"].items()}
@@ -93,25 +129,50 @@ def lower(record: dict) -> dict:
     # compiled from CPU tensors of the captured shapes, through TileLang's own mode inference
     jit.mode = jit._infer_jit_mode(*args, **kwargs)
     jit.func.set_mode(jit.mode)
-    kernel = jit.compile(*args, **kwargs)
-    with kernel.target, tempfile.TemporaryDirectory(prefix="sm120-tilelang-") as tmp:
-        options = tl_nvcc.default_compile_options(kernel.compile_flags)
+    prim = jit.get_tir(*args, **kwargs)
+    flags = [jit.compile_flags] if isinstance(jit.compile_flags, str) else jit.compile_flags
+    # a kernel whose token count is a dynamic dimension is one PrimFunc for every case: lowered once
+    key = json.dumps([str(tvm.ir.structural_hash(prim)), jsonable_configs(jit.pass_configs), flags])
+    if key not in _lowered:
+        _lowered[key] = _lower_prim(prim, jit.pass_configs, flags)
+    return {"kernels": _lowered[key], "target": TARGET["arch"], "tilelang": tilelang.__version__}
+
+
+def jsonable_configs(configs: dict | None) -> dict:
+    return {str(getattr(k, "value", k)): str(v) for k, v in (configs or {}).items()}
+
+
+def _lower_prim(prim, pass_configs: dict | None, flags: list[str] | None) -> list[dict]:
+    """TileLang's own lowering for SM120, pass configs applied as its JITKernel applies them (but not
+    its host wrapper's build, a second nvcc run of no use here); the CUDA source compiled to a cubin
+    with TileLang's nvcc options; per device kernel what it needs."""
+    import tilelang
+    import tilelang.contrib.nvcc as tl_nvcc
+    from tilelang import tvm
+
+    from harness.cuda_audit import resources
+
+    target = tvm.target.Target(TARGET)
+    with tvm.transform.PassContext(opt_level=3, config=dict(pass_configs or {})), target:
+        artifact = tilelang.lower(prim, target=target)
+    with target, tempfile.TemporaryDirectory(prefix="sm120-tilelang-") as tmp:
         cubin = Path(tmp) / "kernel.cubin"
-        cubin.write_bytes(tl_nvcc.compile_cuda(kernel.get_kernel_source(), target_format="cubin", options=options))
+        options = tl_nvcc.default_compile_options(flags)
+        cubin.write_bytes(tl_nvcc.compile_cuda(artifact.kernel_source, target_format="cubin", options=options))
         found = resources([cubin])
     kernels = []
-    for gv, f in kernel.artifact.device_mod.functions.items():
+    for gv, f in artifact.device_mod.functions.items():
         name = str(f.attrs.get("global_symbol", gv.name_hint))
-        res = found.get(name, {})
         kernels.append(
             {
                 "kernel": name,
                 "dynamic_shared": int(f.attrs.get("dyn_shared_memory_buf", 0)),
                 "thread_extent": str(f.attrs.get("thread_extent", "")),
-                **res,
+                **found.get(name, {}),
             }
         )
-    return {"kernels": kernels, "target": TARGET["arch"], "tilelang": tilelang.__version__}
+    return kernels
+
 
 
 def lower_all(records: list[dict], out: Path) -> None:

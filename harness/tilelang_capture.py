@@ -38,6 +38,21 @@ def jsonable(v: Any) -> Any:
     return str(v)
 
 
+def factory_call(fn) -> dict | None:
+    """For a kernel defined inside a function (SGLang's split-k mHC builds its kernels in a cached
+    factory whose arguments are the block sizes), that function's qualname and the arguments of the
+    call being decorated, read from its live frame; None when there is no such module-level function."""
+    frame = sys._getframe(1)
+    while frame is not None and fn.__code__ not in frame.f_code.co_consts:
+        frame = frame.f_back
+    if frame is None or "<locals>" in frame.f_code.co_qualname:
+        return None
+    info = inspect.getargvalues(frame)
+    if info.varargs or info.keywords:
+        return None
+    return {"qualname": frame.f_code.co_qualname, "kwargs": jsonable({a: frame.f_locals[a] for a in info.args})}
+
+
 def patch(tilelang, path: str) -> None:
 
     def write(record: dict) -> None:
@@ -46,6 +61,8 @@ def patch(tilelang, path: str) -> None:
 
     def jit(func=None, **options):
         def decorate(fn):
+            factory = factory_call(fn) if "<locals>" in fn.__qualname__ else None
+
             def build(*args, **kwargs):
                 write(
                     {
@@ -57,6 +74,7 @@ def patch(tilelang, path: str) -> None:
                         "args": jsonable(list(args)),
                         "kwargs": jsonable(kwargs),
                         "options": jsonable(options),
+                        **({"factory": factory} if factory else {}),
                     }
                 )
                 return lambda *a, **k: None  # the kernel: runs nothing

@@ -103,6 +103,23 @@ def describe(fn, args: tuple, kwargs: dict) -> dict:
     }
 
 
+def _serial_grid_dependency_control() -> None:
+    """The audit captures as SGLang launches on SM120, where its kernels take programmatic dependent
+    launch (`USE_GDC`, `gdc_wait`). The interpreter has no lowering for those two instructions, but it
+    runs one kernel at a time, after the previous one: there they order nothing, so no-ops are exact
+    (and the variant compiled for sm_120a keeps them)."""
+    import triton.language.extra.cuda as cuda_extra
+
+    def gdc_wait(*args, **kwargs) -> None:
+        return None
+
+    def gdc_launch_dependents(*args, **kwargs) -> None:
+        return None
+
+    cuda_extra.gdc_wait = gdc_wait
+    cuda_extra.gdc_launch_dependents = gdc_launch_dependents
+
+
 def install(path: str) -> None:
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
@@ -114,6 +131,8 @@ def install(path: str) -> None:
         kinds.append(InterpretedFunction)
     except ImportError:
         pass
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        _serial_grid_dependency_control()
     lock = threading.Lock()
 
     def write(record: dict) -> None:

@@ -83,6 +83,28 @@ def test_sglang_triton_mla_kernel_fits_sm120(tmp_path):
     assert torch_path["value"].iloc[0] == 0  # the PyTorch fallback launches no Triton kernel
 
 
+def test_sglang_fused_moe_is_captured_as_sm120_launches_it(tmp_path):
+    """On SM120 SGLang launches its fused MoE with programmatic dependent launch (`USE_GDC`, whose
+    `gdc_wait` the interpreter cannot run): the capture still follows the FP4-dequant path through
+    both GEMMs, the activation and the sum, each with the constants SGLang launches there."""
+    needs_sglang()
+    prof = write_profile(
+        tmp_path / "p.toml",
+        'name = "one"\n[kernels]\ncases = ["tiny_t16"]\n'
+        '[kernels.ops.mxfp4_moe]\nimpls = ["sglang.fp4_dequant_triton"]\n',
+    )
+    r, m = _audit(tmp_path, ["--suite", str(prof), "--only", "mxfp4_moe"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    capture = m[m["case"] == "mxfp4_moe/capture"]
+    assert capture["status"].tolist() == ["ok"], capture["detail"].tolist()
+    shared = m[m["metric"] == "shared_bytes"]
+    kernels = {c.split("/")[1] for c in shared["case"]}
+    assert {"fused_moe_kernel", "act_and_mul_kernel", "_moe_sum_reduce_kernel"} <= kernels
+    gemms = [c for c in shared["case"] if c.split("/")[1] == "fused_moe_kernel"]
+    assert len(gemms) == 2 and all("USE_GDC=True" in c and "BLOCK_SIZE_M=64" in c for c in gemms), gemms
+    assert (shared["value"] <= SM120_SHARED_BYTES).all() and (shared["status"] == "ok").all()
+
+
 def test_the_instruction_check_finds_what_an_sm90_build_uses():
     """The same matmul compiled for sm_90a uses wgmma (PTX) and HGMMA (SASS); for sm_120a neither:
     the detectors look at real compiler output, not only at strings made up for a test."""

@@ -56,3 +56,17 @@ def test_hidden_block_128_fits(planted):
     assert detail["kwargs"] == {"hidden_block": 128}
     assert fig["shared_bytes"] <= SM120_SHARED_BYTES and fig["forbidden_instructions"] == 0
     assert 0 < fig["registers"] <= 255 and fig["spill_bytes"] == 0
+
+
+def test_a_kernel_defined_inside_a_factory_is_lowered_from_the_factorys_arguments(planted):
+    """SGLang's split-k mHC kernels are defined inside a cached factory: the capture names the factory
+    and the block sizes it was called with, and the audit lowers the same kernel as the module-level
+    one, to the same figure."""
+    _, m = planted
+    fig, detail = _figures(m, "factory_hidden_block_256")
+    same, _ = _figures(m, "hidden_block_256")
+    assert fig["dynamic_shared_bytes"] == same["dynamic_shared_bytes"]
+    assert fig["shared_bytes"] > SM120_SHARED_BYTES
+    assert detail["factory"]["qualname"] == "splitk_stage_0_factory"
+    called = {"hc_hidden_size": 16384, "split_k": 16, "token_block": 32, "hidden_block": 256}
+    assert detail["factory"]["kwargs"] == called
