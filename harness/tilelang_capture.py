@@ -45,12 +45,13 @@ def factory_call(fn) -> dict | None:
     frame = sys._getframe(1)
     while frame is not None and fn.__code__ not in frame.f_code.co_consts:
         frame = frame.f_back
-    if frame is None or "<locals>" in frame.f_code.co_qualname:
+    outer = fn.__qualname__.rsplit(".<locals>.", 1)[0]
+    if frame is None or "<locals>" in outer:
         return None
     info = inspect.getargvalues(frame)
     if info.varargs or info.keywords:
         return None
-    return {"qualname": frame.f_code.co_qualname, "kwargs": jsonable({a: frame.f_locals[a] for a in info.args})}
+    return {"qualname": outer, "kwargs": jsonable({a: frame.f_locals[a] for a in info.args})}
 
 
 def patch(tilelang, path: str) -> None:
