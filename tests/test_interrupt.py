@@ -43,6 +43,9 @@ def _start(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TOY_SLOW_S": "30"},
+        # as from a terminal: a test runner started in the background (a shell's `&`) ignores SIGINT,
+        # and a child inherits that; Python then never installs its ^C handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
