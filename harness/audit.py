@@ -22,6 +22,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from harness import cuda_audit, jit_capture, tilelang_audit
@@ -35,6 +37,7 @@ FORBIDDEN_PTX = re.compile(r"\b(wgmma\.[\w.]+|tcgen05\.[\w.]+)")
 FORBIDDEN_SASS = re.compile(r"\b(HGMMA|UTCHMMA|UTCQMMA|UTCMMA|UTCBAR|LDTM|STTM)\b")
 # SGLang keeps its cluster paths off SM120 (topk v2's is ~144 KB of shared memory): a cluster launch on
 # an SM120 path means such a guard was bypassed
+MAX_PARALLEL = 4  # paths audited at once: each a worker then its compilers, about a core and 1-3 GB each
 CEILINGS = {M.SHARED_BYTES: float(SM120_SHARED_BYTES), M.FORBIDDEN_INSTRUCTIONS: 0.0, M.CLUSTER_LAUNCHES: 0.0}
 
 
@@ -175,8 +178,15 @@ def is_sm120_path(path) -> bool:
 
 def run_audit(selections, writer, settings) -> None:
     """Capture, then compile; rows are written per path as soon as its kernels are compiled."""
+    from harness.forkserver import ForkServer
     from harness.store import row
-    from harness.worker import Job, run_path, worker_env
+    from harness.worker import Job, kill_all, run_path, worker_env
+
+    lock = threading.Lock()  # one writer and one console for every unit
+
+    def write(rows: list[dict]) -> None:
+        with lock:
+            writer.add(rows)
 
     def add(op: str, impl: str, name: str, metric: str, value: float, **kw) -> dict:
         version = name.rsplit("/", 1)[-1] if name.count("/") >= 2 else hashlib.sha256(name.encode()).hexdigest()[:12]
@@ -184,123 +194,150 @@ def run_audit(selections, writer, settings) -> None:
 
     with tempfile.TemporaryDirectory(prefix="sm120-audit-") as tmp:
         tmp = Path(tmp)
-        for sel in selections:
+        toolkit = cuda_audit.toolkit_root()
+        server_env = worker_env(None, settings.capability, settings.slots[0])
+        if "CUDA_HOME" not in server_env and "CUDA_PATH" not in server_env and toolkit is not None:
+            server_env["CUDA_HOME"] = str(toolkit)  # SGLang's JIT then names the audit extra's nvcc
+        try:
+            forks = ForkServer(server_env, writer.artifacts / "workers" / "forkserver.log")
+        except OSError:  # every capture worker then starts afresh, as it always could
+            forks = None
+
+        def audit_path(sel, impl: str) -> None:
+            """Capture one path's launches, then compile them; its rows are written when done."""
             op = sel.op.name
-            for impl in sel.impls:
-                if settings.cancelled.is_set():
-                    return
-                path = sel.op.paths[impl]
-                if not is_sm120_path(path):
-                    continue
-                reason = path.unsupported_reason(settings.capability)
-                # a JIT CUDA path reaches SGLang's load_jit without a GPU: try to capture it anyway
-                attempt = reason is not None and settings.capability is None and path.archs is None
-                if reason is not None and not attempt:
-                    writer.add(
-                        [
-                            add(
-                                op,
-                                impl,
-                                "capture",
-                                M.KERNELS,
-                                float("nan"),
-                                unit="count",
-                                status=f"skipped(cannot run it here to capture its launches: {reason})",
-                            )
-                        ]
-                    )
-                    continue
-                capture = tmp / f"{op}.{impl}.launches.jsonl"
-                env = worker_env(path, settings.capability, settings.slots[0], SM120_HARNESS_CAPTURE=str(capture))
-                if attempt:  # it never runs a kernel here: let SGLang choose as on an SM120 host
-                    env[jit_capture.AS_SM120] = "1"
-                toolkit = cuda_audit.toolkit_root()
-                if "CUDA_HOME" not in env and "CUDA_PATH" not in env and toolkit is not None:
-                    env["CUDA_HOME"] = str(toolkit)  # SGLang's JIT then names the audit extra's nvcc
-                job = Job(
-                    op_file=str(sel.op.file),
-                    path=impl,
-                    cases=[c.name for c in sel.cases],
-                    seed=settings.seed,
-                    device="cpu" if settings.capability is None else "cuda",
-                    outdir=str(tmp / "outputs"),
+            if settings.cancelled.is_set():
+                return
+            path = sel.op.paths[impl]
+            if not is_sm120_path(path):
+                return
+            reason = path.unsupported_reason(settings.capability)
+            # a JIT CUDA path reaches SGLang's load_jit without a GPU: try to capture it anyway
+            attempt = reason is not None and settings.capability is None and path.archs is None
+            if reason is not None and not attempt:
+                write(
+                    [
+                        add(
+                            op,
+                            impl,
+                            "capture",
+                            M.KERNELS,
+                            float("nan"),
+                            unit="count",
+                            status=f"skipped(cannot run it here to capture its launches: {reason})",
+                        )
+                    ]
                 )
-                log = writer.artifacts / "workers" / f"audit.{op}.{impl}.log"
-                results = list(run_path(job, timeout_s=settings.timeout_s, log=log, env=env))
-                bad = [r for r in results if r.status not in ("ok",) and not r.status.startswith("skipped")]
-                records = read_journal(capture)
-                errors = [r["error"] for r in records if "error" in r]
-                modules = {r["module"]: r for r in records if r.get("kind") == "cuda"}
-                tl_kernels = list(
-                    {json.dumps(r, sort_keys=True): r for r in records if r.get("kind") == "tilelang"}.values()
+                return
+            capture = tmp / f"{op}.{impl}.launches.jsonl"
+            env = worker_env(path, settings.capability, settings.slots[0], SM120_HARNESS_CAPTURE=str(capture))
+            if attempt:  # it never runs a kernel here: let SGLang choose as on an SM120 host
+                env[jit_capture.AS_SM120] = "1"
+            if "CUDA_HOME" not in env and "CUDA_PATH" not in env and toolkit is not None:
+                env["CUDA_HOME"] = str(toolkit)  # SGLang's JIT then names the audit extra's nvcc
+            job = Job(
+                op_file=str(sel.op.file),
+                path=impl,
+                cases=[c.name for c in sel.cases],
+                seed=settings.seed,
+                device="cpu" if settings.capability is None else "cuda",
+                outdir=str(tmp / "outputs" / op),
+            )
+            log = writer.artifacts / "workers" / f"audit.{op}.{impl}.log"
+            results = list(run_path(job, timeout_s=settings.timeout_s, log=log, env=env, forks=forks))
+            bad = [r for r in results if r.status not in ("ok",) and not r.status.startswith("skipped")]
+            records = read_journal(capture)
+            errors = [r["error"] for r in records if "error" in r]
+            modules = {r["module"]: r for r in records if r.get("kind") == "cuda"}
+            tl_kernels = list(
+                {json.dumps(r, sort_keys=True): r for r in records if r.get("kind") == "tilelang"}.values()
+            )
+            calls = [r for r in records if r.get("kind") == "cuda_call"]
+            todo = {}
+            for launch in (r for r in records if "error" not in r and "kind" not in r):
+                for v in variants(launch):
+                    todo.setdefault(key(v), v)
+            # the message, not only the status: a capture that stops early misses the kernels after it
+            failures = {r.case: f"{r.status}: {r.detail.get('error', '')}"[:300].rstrip(": ") for r in bad}
+            if attempt and not todo and not modules and not tl_kernels:
+                why = next((r.detail.get("error", "") for r in results if r.detail.get("error")), "")
+                write(
+                    [
+                        add(
+                            op,
+                            impl,
+                            "capture",
+                            "kernels",
+                            float("nan"),
+                            unit="count",
+                            status=f"skipped(cannot run it here to capture its launches: {reason}"
+                            + (f"; without one it failed: {why[:300]}" if why else "")
+                            + ")",
+                        )
+                    ]
                 )
-                calls = [r for r in records if r.get("kind") == "cuda_call"]
-                todo = {}
-                for launch in (r for r in records if "error" not in r and "kind" not in r):
-                    for v in variants(launch):
-                        todo.setdefault(key(v), v)
-                # the message, not only the status: a capture that stops early misses the kernels after it
-                failures = {r.case: f"{r.status}: {r.detail.get('error', '')}"[:300].rstrip(": ") for r in bad}
-                if attempt and not todo and not modules and not tl_kernels:
-                    why = next((r.detail.get("error", "") for r in results if r.detail.get("error")), "")
-                    writer.add(
-                        [
-                            add(
-                                op,
-                                impl,
-                                "capture",
-                                "kernels",
-                                float("nan"),
-                                unit="count",
-                                status=f"skipped(cannot run it here to capture its launches: {reason}"
-                                + (f"; without one it failed: {why[:300]}" if why else "")
-                                + ")",
-                            )
-                        ]
-                    )
-                    continue
-                if attempt:  # the kernels never ran: their outputs were never going to be right
-                    failures = {}
-                status = "ok" if not failures and not errors else "failed"
-                detail = {
-                    "cases": len(results),
-                    "launches": len(records),
-                    "cuda_modules": sorted(modules),
-                    "errors": errors[:5],
-                    "path_failures": failures,
-                }
-                rows = [
-                    add(
-                        op,
-                        impl,
-                        "capture",
-                        M.KERNELS,
-                        float(len(todo) + len(modules) + len(tl_kernels)),
-                        unit="count",
-                        status=status,
-                        better="higher",
-                        detail=detail,
-                    )
-                ]
-                rows += _compile_rows(
-                    list(todo.values()),
-                    tmp / f"{op}.{impl}",
-                    settings,
-                    lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k),
+                return
+            if attempt:  # the kernels never ran: their outputs were never going to be right
+                failures = {}
+            status = "ok" if not failures and not errors else "failed"
+            detail = {
+                "cases": len(results),
+                "launches": len(records),
+                "cuda_modules": sorted(modules),
+                "errors": errors[:5],
+                "path_failures": failures,
+            }
+            rows = [
+                add(
+                    op,
+                    impl,
+                    "capture",
+                    M.KERNELS,
+                    float(len(todo) + len(modules) + len(tl_kernels)),
+                    unit="count",
+                    status=status,
+                    better="higher",
+                    detail=detail,
                 )
-                at = lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k)
-                rows += _cuda_rows(modules, calls, settings, at)
-                rows += _tilelang_rows(tl_kernels, tmp / f"{op}.{impl}", settings, at)
-                writer.add(rows)
-                over = sum(1 for r in rows if r["metric"] == M.SHARED_BYTES and r["value"] > SM120_SHARED_BYTES)
-                print(
-                    f"{op}  {impl}  {status}: {len(todo)} Triton kernel variant(s) compiled for sm_120a, "
-                    f"{len(modules)} JIT CUDA module(s) built for SM120, "
-                    f"{len(tl_kernels)} TileLang kernel(s) lowered for sm_120a, "
-                    f"{over} over {SM120_SHARED_BYTES} B of shared memory",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            ]
+            rows += _compile_rows(
+                list(todo.values()),
+                tmp / f"{op}.{impl}",
+                settings,
+                lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k),
+            )
+            at = lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k)
+            rows += _cuda_rows(modules, calls, settings, at)
+            rows += _tilelang_rows(tl_kernels, tmp / f"{op}.{impl}", settings, at)
+            write(rows)
+            over = sum(1 for r in rows if r["metric"] == M.SHARED_BYTES and r["value"] > SM120_SHARED_BYTES)
+            print(
+                f"{op}  {impl}  {status}: {len(todo)} Triton kernel variant(s) compiled for sm_120a, "
+                f"{len(modules)} JIT CUDA module(s) built for SM120, "
+                f"{len(tl_kernels)} TileLang kernel(s) lowered for sm_120a, "
+                f"{over} over {SM120_SHARED_BYTES} B of shared memory",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        units = [(sel, impl) for sel in selections for impl in sel.impls]
+        # each unit is a worker, then compilers: mostly one busy core each
+        ex = ThreadPoolExecutor(max(1, min(len(units), os.cpu_count() or 1, MAX_PARALLEL)))
+        try:
+            futures = [ex.submit(audit_path, sel, impl) for sel, impl in units]
+            while wait(futures, timeout=0.5).not_done:  # timed, so that ^C and SIGTERM get through
+                pass
+            for f in futures:
+                f.result()
+        except BaseException:
+            settings.cancelled.set()
+            ex.shutdown(wait=False, cancel_futures=True)
+            kill_all()
+            raise
+        finally:
+            ex.shutdown(wait=True)
+            if forks is not None:
+                forks.close()
 
 
 def _compile_rows(todo: list[dict], stem: Path, settings, add) -> list[dict]:

@@ -11,7 +11,8 @@ A step's verdict is the gate's against GOOD's run:
            times GOOD's, a slowdown); a ceiling GOOD already crosses, a path already failing there,
            are GOOD's state, not the regression looked for;
     skip   (git bisect's 125) a path that ran at GOOD cannot run here: its module is missing (the path
-           is skipped) or importing it fails (ImportError, SyntaxError); such a path's rows are no
+           is skipped), importing it fails (ImportError, SyntaxError), or its worker crashes or hangs
+           while importing SGLang (the worker says what it was importing); such a path's rows are no
            evidence either way;
     good   otherwise.
 The search tests the middle of the commits between the last good and the first bad one (BAD itself
@@ -83,6 +84,13 @@ def _error(detail: str | None) -> str:
         return ""
 
 
+def _importing(detail: str | None) -> str:
+    try:
+        return str(json.loads(detail or "{}").get("importing") or "")
+    except json.JSONDecodeError:
+        return ""
+
+
 def unrunnable(good: pd.DataFrame, step: pd.DataFrame) -> dict[tuple[str, str], str]:
     """(case, path) -> why, for each path that ran at GOOD and could not load its code at this step."""
     ran = _outcomes(good)
@@ -97,6 +105,8 @@ def unrunnable(good: pd.DataFrame, step: pd.DataFrame) -> dict[tuple[str, str], 
             out[(case, impl)] = status
         elif status == "failed" and error.split(":", 1)[0] in LOAD_ERRORS:
             out[(case, impl)] = f"failed: {error}"
+        elif status in ("crashed", "timeout") and _importing(detail):
+            out[(case, impl)] = f"{status}: {error}"
     return out
 
 

@@ -165,8 +165,14 @@ def build(module: dict, root: Path | None = None) -> tuple[Path, bool]:
         (tmp / "build.ninja").write_text(_recording_link(module["build_file"], recorder))
         _run([ninja, "-f", "build.ninja"], tmp, f"building {module['module']} for SM120")
         (tmp / "deps.json").write_text(json.dumps(_dependencies(tmp)))
+        if _still_valid(entry):  # a concurrent audit built the same module meanwhile: its build serves
+            return entry, True
         shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not _still_valid(entry):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return entry, False

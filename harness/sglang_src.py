@@ -6,12 +6,14 @@ Where SGLang lives: `$SM120_HARNESS_SGLANG_SRC` (a folder that holds `sglang/`, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
 import sys
 import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -52,8 +54,26 @@ def load_by_path(relpath: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    with _importing(f"sglang/{relpath}"):
+        spec.loader.exec_module(module)
     return module
+
+
+on_import: Callable[[str | None], None] | None = None  # told what is being imported, then None
+
+
+@contextlib.contextmanager
+def _importing(what: str) -> Iterator[None]:
+    """A worker that dies inside SGLang's import chain (a segfault in an extension's init, an exit at
+    module level) then says what it was importing: that commit cannot run here, which is not a result."""
+    if on_import is None:
+        yield
+        return
+    on_import(what)
+    try:
+        yield
+    finally:
+        on_import(None)
 
 
 class _Absent:
@@ -125,7 +145,10 @@ def import_module(dotted: str) -> ModuleType:
         stand_in_sgl_kernel()
     before = set(sys.modules)
     try:
-        return importlib.import_module(dotted)
+        if dotted in sys.modules:
+            return sys.modules[dotted]
+        with _importing(dotted):
+            return importlib.import_module(dotted)
     except Exception as exc:
         drop_orphans(before)
         missing = missing_module(exc)

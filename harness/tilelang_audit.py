@@ -193,7 +193,9 @@ def lower_all(records: list[dict], out: Path) -> None:
                     result = {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]}
                 if cache is not None and result["ok"]:
                     cache.parent.mkdir(parents=True, exist_ok=True)
-                    cache.write_text(json.dumps(result))
+                    part = cache.with_suffix(f".{os.getpid()}.part")  # whole or absent, for a concurrent reader
+                    part.write_text(json.dumps(result))
+                    os.replace(part, cache)
             f.write(json.dumps({"index": i, **result}) + "\n")
             f.flush()
 

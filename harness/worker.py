@@ -140,6 +140,7 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str], f
     settled = 0
     current = job.cases[0]
     started = False  # imports and CUDA initialisation get their own, longer allowance
+    importing = None  # the SGLang module the worker is importing, if it is
     try:
         while settled < len(job.cases):
             wait = timeout_s if started else max(timeout_s, STARTUP_S)
@@ -148,7 +149,7 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str], f
             except queue.Empty:
                 _kill(proc)
                 what = f"no answer within {wait:g} s" if started else f"the worker did not start within {wait:g} s"
-                detail = {"error": what, "log_tail": _tail(log)}
+                detail = {"error": what, "log_tail": _tail(log), **({"importing": importing} if importing else {})}
                 yield Result(current, "timeout", detail={**detail, "wall": startup} if not settled else detail)
                 return settled + 1
             if ev is None:
@@ -161,12 +162,21 @@ def _one_worker(job: Job, *, timeout_s: float, log: Path, env: dict[str, str], f
                     forks.stop(f"a forked worker of {job.path} died before it started ({rc})")
                     return 0
                 why = f"killed by signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"exited with code {rc}"
-                detail = {"error": f"worker {why}", "log_tail": _tail(log)}
+                if importing:
+                    why += f" while importing {importing}"
+                detail = {
+                    "error": f"worker {why}",
+                    "log_tail": _tail(log),
+                    **({"importing": importing} if importing else {}),
+                }
                 yield Result(current, "crashed", detail={**detail, "wall": startup} if not settled else detail)
                 return settled + 1
             if ev.get("event") == "ready":
                 started = True
                 startup["startup_s"] = time.perf_counter() - t_start
+                continue
+            if ev.get("event") == "importing":
+                importing = ev.get("module")
                 continue
             if ev.get("event") == "modules":
                 if forks is not None:
@@ -265,13 +275,14 @@ def child(job_file: str) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from harness import jit_capture, tilelang_capture, triton_capture
+    from harness import jit_capture, sglang_src, tilelang_capture, triton_capture
     from harness.catalogue import load_op_file
     from harness.environment import missing_module
     from harness.inputs import load_or_build, to_device
     from harness.op import ORACLE, Unavailable
     from harness.sglang_src import SGL_KERNEL_CALLS
 
+    sglang_src.on_import = lambda what: emit(event="importing", module=what)
     triton_capture.install_from_env()
     jit_capture.install_from_env()
     tilelang_capture.install_from_env()

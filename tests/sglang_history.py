@@ -6,6 +6,7 @@ files around it, in SGLang's layout (`python/sglang/...`), then one commit per c
     fault    a numeric fault planted in the real kernel: exp2 where the softplus needs exp
     delete   the kernel file removed (the harness cannot run that commit)
     restore  the kernel file back as it was before the delete
+    segfault the kernel module crashes the process at import (as an extension's init can)
     prebuilt an edit of sgl-kernel/, SGLang's compiled extension (built once, installed: out of reach)
 
 Used by tests/test_bisect.py and benchmarks/bisect_walltime.py."""
@@ -37,7 +38,9 @@ SUBJECTS = {
     "delete": "moe: move triton_hash_topk out of kernels/ops",
     "restore": "moe: bring triton_hash_topk back",
     "prebuilt": "sgl-kernel: hash_topk launch bounds",
+    "segfault": "moe: load the hash_topk helpers at import",
 }
+SEGFAULT = "import ctypes\n\nctypes.string_at(0)  # reads address 0: SIGSEGV while the module is imported\n"
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -85,6 +88,8 @@ def build(repo: Path, changes: list[str]) -> list[str]:
             kernel.unlink()
         elif change == "restore":
             kernel.write_text(kept)
+        elif change == "segfault":
+            kernel.write_text(SEGFAULT + kernel.read_text())
         elif change == "prebuilt":
             cu = repo / "sgl-kernel" / "csrc" / "moe" / "hash_topk.cu"
             cu.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import pytest
 
 from harness.bisect import BAD, GOOD, SKIP, BisectError, judge, next_pick, search, summary
 from harness.profile import GateConfig
-from harness.store import list_bisects, list_runs, row
+from harness.store import list_bisects, list_runs, load_run, row
 from tests.conftest import needs_sglang, run_cli, write_profile
 from tests.sglang_history import FAULTY, PROFILE, SUBJECTS, build
 
@@ -108,8 +108,8 @@ def test_a_range_that_cannot_be_bisected_is_refused_before_any_run(tmp_path):
 # ---------------------------------------------------------------------------------------- on rows
 
 
-def _outcome(run, status="ok", error=None, impl="sglang.triton"):
-    detail = {"error": error} if error else {}
+def _outcome(run, status="ok", error=None, impl="sglang.triton", **detail):
+    detail = {"error": error, **detail} if error else detail
     return row(run, "kernels", "op/c", "v1", impl, "outcome", 1.0, unit="s", status=status, detail=detail)
 
 
@@ -135,6 +135,25 @@ def test_verdicts():
     assert broken.verdict == SKIP and broken.failing == []
     # a kernel that raises is a regression, not a commit the harness cannot run
     assert _judge(good, [_outcome("B", "failed", "RuntimeError: shape mismatch")]).verdict == BAD
+
+
+def test_a_worker_that_crashes_while_importing_sglang_is_a_skip(tmp_path):
+    """A commit whose kernel module kills the process at import (SIGSEGV) cannot be run here: the
+    worker says what it was importing, and the verdict is skip; a crash after the import is bad."""
+    needs_sglang()
+    repo = tmp_path / "sglang"
+    build(repo, ["segfault"])
+    prof = write_profile(tmp_path / "p.toml", PROFILE)
+    env = {"SM120_HARNESS_SGLANG_SRC": str(repo / "python")}
+    run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--only", "hash_topk"], env=env)
+    m = load_run(next((tmp_path / "runs").iterdir())).measurements
+    o = m[(m["metric"] == "outcome") & (m["impl"] == "sglang.triton")].iloc[0]
+    detail = json.loads(o["detail"])
+    assert o["status"] == "crashed" and detail["importing"] == "sglang/kernels/ops/moe/triton_hash_topk.py"
+    assert "SIGSEGV" in detail["error"] and "while importing" in detail["error"]
+    step = _judge([_outcome("A")], [_outcome("B", o["status"], detail["error"], importing=detail["importing"])])
+    assert step.verdict == SKIP and "SIGSEGV" in step.reason
+    assert _judge([_outcome("A")], [_outcome("B", "crashed", "worker killed by signal 11 (SIGSEGV)")]).verdict == BAD
 
 
 def test_what_already_fails_at_good_is_no_verdict():
