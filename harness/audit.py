@@ -300,15 +300,19 @@ def run_audit(selections, writer, settings) -> None:
                     detail=detail,
                 )
             ]
+            # a folder per path: the compilers' files are named from this stem (with_suffix), and
+            # paths run side by side
+            stem = tmp / "paths" / f"{op}.{impl}" / "kernels"
+            stem.parent.mkdir(parents=True, exist_ok=True)
             rows += _compile_rows(
                 list(todo.values()),
-                tmp / f"{op}.{impl}",
+                stem,
                 settings,
                 lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k),
             )
             at = lambda *a, op=op, impl=impl, **k: add(op, impl, *a, **k)
             rows += _cuda_rows(modules, calls, settings, at)
-            rows += _tilelang_rows(tl_kernels, tmp / f"{op}.{impl}", settings, at)
+            rows += _tilelang_rows(tl_kernels, stem, settings, at)
             write(rows)
             over = sum(1 for r in rows if r["metric"] == M.SHARED_BYTES and r["value"] > SM120_SHARED_BYTES)
             print(

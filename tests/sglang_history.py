@@ -40,7 +40,8 @@ SUBJECTS = {
     "prebuilt": "sgl-kernel: hash_topk launch bounds",
     "segfault": "moe: load the hash_topk helpers at import",
 }
-SEGFAULT = "import ctypes\n\nctypes.string_at(0)  # reads address 0: SIGSEGV while the module is imported\n"
+# appended to the kernel module: it reads address 0, a SIGSEGV while the module is imported
+SEGFAULT = "import ctypes  # noqa: E402\n\nctypes.string_at(0)\n"
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -89,7 +90,7 @@ def build(repo: Path, changes: list[str]) -> list[str]:
         elif change == "restore":
             kernel.write_text(kept)
         elif change == "segfault":
-            kernel.write_text(SEGFAULT + kernel.read_text())
+            kernel.write_text(kernel.read_text() + "\n" + SEGFAULT)
         elif change == "prebuilt":
             cu = repo / "sgl-kernel" / "csrc" / "moe" / "hash_topk.cu"
             cu.parent.mkdir(parents=True, exist_ok=True)
