@@ -194,10 +194,8 @@ def run_audit(selections, writer, settings) -> None:
 
     with tempfile.TemporaryDirectory(prefix="sm120-audit-") as tmp:
         tmp = Path(tmp)
-        toolkit = cuda_audit.toolkit_root()
-        server_env = worker_env(None, settings.capability, settings.slots[0])
-        if "CUDA_HOME" not in server_env and "CUDA_PATH" not in server_env and toolkit is not None:
-            server_env["CUDA_HOME"] = str(toolkit)  # SGLang's JIT then names the audit extra's nvcc
+        # the capture workers' environment but for the case's capture file: forkable from this server
+        server_env = cuda_audit.with_toolkit(worker_env(None, settings.capability, settings.slots[0]))
         try:
             forks = ForkServer(server_env, writer.artifacts / "workers" / "forkserver.log")
         except OSError:  # every capture worker then starts afresh, as it always could
@@ -230,11 +228,11 @@ def run_audit(selections, writer, settings) -> None:
                 )
                 return
             capture = tmp / f"{op}.{impl}.launches.jsonl"
-            env = worker_env(path, settings.capability, settings.slots[0], SM120_HARNESS_CAPTURE=str(capture))
+            env = cuda_audit.with_toolkit(
+                worker_env(path, settings.capability, settings.slots[0], SM120_HARNESS_CAPTURE=str(capture))
+            )
             if attempt:  # it never runs a kernel here: let SGLang choose as on an SM120 host
                 env[jit_capture.AS_SM120] = "1"
-            if "CUDA_HOME" not in env and "CUDA_PATH" not in env and toolkit is not None:
-                env["CUDA_HOME"] = str(toolkit)  # SGLang's JIT then names the audit extra's nvcc
             job = Job(
                 op_file=str(sel.op.file),
                 path=impl,
@@ -349,20 +347,9 @@ def _compile_rows(todo: list[dict], stem: Path, settings, add) -> list[dict]:
         return []
     launches, findings = stem.with_suffix(".todo.jsonl"), stem.with_suffix(".found.jsonl")
     launches.write_text("".join(json.dumps(v) + "\n" for v in todo))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "harness.audit", str(launches), str(findings)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=settings.timeout_s * len(todo),
-        )
-        crash = (
-            None if proc.returncode == 0 else f"compiler process exited with {proc.returncode}: {proc.stderr[-1500:]}"
-        )
-    except subprocess.TimeoutExpired:
-        crash = "compiler process timed out"
+    crash = cuda_audit.run_child(
+        "harness.audit", [str(launches), str(findings)], "compiler process", settings.timeout_s * len(todo)
+    )
     found = {f["key"]: f for f in read_journal(findings)}
     rows = []
     for v in todo:

@@ -77,18 +77,12 @@ def _outcomes(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["metric"] == M.OUTCOME]
 
 
-def _error(detail: str | None) -> str:
+def _detail(detail: str | None) -> dict:
+    """A row's detail JSON; an unreadable one reads as empty (it is no evidence either way)."""
     try:
-        return str(json.loads(detail or "{}").get("error") or "")
+        return json.loads(detail or "{}")
     except json.JSONDecodeError:
-        return ""
-
-
-def _importing(detail: str | None) -> str:
-    try:
-        return str(json.loads(detail or "{}").get("importing") or "")
-    except json.JSONDecodeError:
-        return ""
+        return {}
 
 
 def unrunnable(good: pd.DataFrame, step: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -100,12 +94,12 @@ def unrunnable(good: pd.DataFrame, step: pd.DataFrame) -> dict[tuple[str, str], 
     for case, impl, status, detail in zip(o["case"], o["impl"], o["status"], o["detail"]):
         if (case, impl) not in ran:
             continue
-        error = _error(detail)
+        error = str(_detail(detail).get("error") or "")
         if status.startswith("skipped"):
             out[(case, impl)] = status
         elif status == "failed" and error.split(":", 1)[0] in LOAD_ERRORS:
             out[(case, impl)] = f"failed: {error}"
-        elif status in ("crashed", "timeout") and _importing(detail):
+        elif status in ("crashed", "timeout") and _detail(detail).get("importing"):
             out[(case, impl)] = f"{status}: {error}"
     return out
 
@@ -137,13 +131,6 @@ def new_failures(
         elif not (f.metric == M.OUTCOME and status_at_good.get((f.case, f.impl, f.metric)) in FAILURES):
             out.append(f)
     return out
-
-
-def _golden(detail: str | None) -> bool:
-    try:
-        return bool(json.loads(detail or "{}").get("golden"))
-    except json.JSONDecodeError:
-        return False
 
 
 def judge(good: pd.DataFrame, step: pd.DataFrame, ceilings: dict[str, dict[str, float]], cfg: GateConfig) -> Judgement:
@@ -341,7 +328,7 @@ class Bisect:
         if role == "good":
             self.good_rows = run.measurements
             o = _outcomes(run.measurements)
-            if not any(s == "ok" and not _golden(d) for s, d in zip(o["status"], o["detail"])):
+            if not any(s == "ok" and not _detail(d).get("golden") for s, d in zip(o["status"], o["detail"])):
                 raise BisectError(f"GOOD {sha[:12]}: no path of the selection ran there (run {run.run_id})")
             known = already_failing(run.measurements, self.ceilings, self.gate_cfg)
             j = Judgement(GOOD, "the baseline" + (f"; {len(known)} row(s) failing here are left out" if known else ""))
@@ -402,7 +389,7 @@ class Bisect:
         seen = set()
         for case, impl, status, detail in zip(o["case"], o["impl"], o["status"], o["detail"]):
             key = (case.split("/", 1)[0], impl)
-            if status.startswith("skipped") and key not in seen and not _golden(detail):
+            if status.startswith("skipped") and key not in seen and not _detail(detail).get("golden"):
                 seen.add(key)
                 out.append({"what": f"{key[0]}/{impl}", "why": status})
         changed = self.checkout.changes(good, bad, PREBUILT)

@@ -232,8 +232,33 @@ def resources(files: list[Path]) -> dict[str, dict]:
     return out
 
 
-def _child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HARNESS_ROOT), os.environ.get("PYTHONPATH", "")])}
+def with_toolkit(env: dict[str, str]) -> dict[str, str]:
+    """`env` with CUDA_HOME naming the audit extra's toolkit, unless it names a toolkit already:
+    SGLang's JIT and TileLang then find that nvcc."""
+    toolkit = toolkit_root()
+    if "CUDA_HOME" in env or "CUDA_PATH" in env or toolkit is None:
+        return env
+    return {**env, "CUDA_HOME": str(toolkit)}
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the audit's compiler and replay processes: the harness importable, kernels
+    compiled (not interpreted), the audit's toolkit."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HARNESS_ROOT), os.environ.get("PYTHONPATH", "")])
+    return with_toolkit(env)
+
+
+def run_child(module: str, args: list[str], what: str, timeout_s: float) -> str | None:
+    """`python -m module args` in the audit's child environment; None, or why it ended early (its
+    findings so far are in the files it writes as it goes)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args], env=child_env(), capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return f"{what} timed out"
+    return None if proc.returncode == 0 else f"{what} exited with {proc.returncode}: {proc.stderr[-1500:]}"
 
 
 def replay(build_dir: Path, module: str, calls: list[dict], timeout_s: float) -> list[dict]:
@@ -249,10 +274,7 @@ def replay(build_dir: Path, module: str, calls: list[dict], timeout_s: float) ->
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
-                env={
-                    **os.environ,
-                    "PYTHONPATH": os.pathsep.join([str(HARNESS_ROOT), os.environ.get("PYTHONPATH", "")]),
-                },
+                env=child_env(),
             )
         except subprocess.TimeoutExpired as exc:
             raise CudaAuditError(f"evaluating the launch code of {module} timed out") from exc

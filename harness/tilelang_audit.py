@@ -19,7 +19,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -205,26 +204,10 @@ def run(records: list[dict], stem: Path, timeout_s: float) -> tuple[dict[int, di
     the child ended early if it did."""
     todo, found = stem.with_suffix(".tilelang.json"), stem.with_suffix(".tilelang.found.jsonl")
     todo.write_text(json.dumps(records))
-    from harness.cuda_audit import _child_env, toolkit_root
+    from harness.cuda_audit import run_child
     from harness.store import read_journal
 
-    env = {k: v for k, v in _child_env().items() if k != "TRITON_INTERPRET"}
-    toolkit = toolkit_root()
-    if "CUDA_HOME" not in env and "CUDA_PATH" not in env and toolkit is not None:
-        env["CUDA_HOME"] = str(toolkit)  # TileLang's nvcc: the audit extra's
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "harness.tilelang_audit", str(todo), str(found)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-        crash = (
-            None if proc.returncode == 0 else f"TileLang process exited with {proc.returncode}: {proc.stderr[-1500:]}"
-        )
-    except subprocess.TimeoutExpired:
-        crash = "TileLang process timed out"
+    crash = run_child("harness.tilelang_audit", [str(todo), str(found)], "TileLang process", timeout_s)
     return {r["index"]: r for r in read_journal(found)}, crash
 
 

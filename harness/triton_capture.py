@@ -23,6 +23,12 @@ _DTYPES = {
 }  # fmt: skip
 
 
+def capturing() -> bool:
+    """Whether this worker records its launches for the SM120 audit (which compiles what it records:
+    a path should launch there what it launches on SM120, not a shortcut for the interpreter)."""
+    return bool(os.environ.get(ENV))
+
+
 def keep_first_config(kernel) -> None:
     """Under the interpreter an autotuner cannot benchmark its configs: run the first, but keep the
     full list where the capture (and so the SM120 audit) still sees it."""
@@ -178,5 +184,5 @@ def install(path: str) -> None:
 
 
 def install_from_env() -> None:
-    if os.environ.get(ENV):
+    if capturing():
         install(os.environ[ENV])

@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 
@@ -402,7 +401,7 @@ def _triton_interpreted(x, w13, s13, w2, s2, ids, weights, *, swiglu_limit, rout
     # pays for every row: 16 gives the same numbers (one block per row range, same K loop) in half the time.
     # The SM120 audit keeps SGLang's own: no tuned file covers block-FP8 at these shapes, so it is what
     # fused_experts launches there
-    if not os.environ.get(triton_capture.ENV):
+    if not triton_capture.capturing():
         config["BLOCK_SIZE_M"] = min(config["BLOCK_SIZE_M"], 16)
     bm = config["BLOCK_SIZE_M"]
     numel = ids.numel()
