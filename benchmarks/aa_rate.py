@@ -102,12 +102,12 @@ def main() -> int:
     if args.n < 2:
         raise SystemExit("--n: at least 2 runs to make a pair")
     sys.path.insert(0, str(ROOT))
-    from harness import metrics as M
-    from harness.compare import compare
-    from harness.gate import gate
-    from harness.judge import breaches
     from harness.profile import GateConfig
-    from harness.store import load_run
+    from harness.results import metrics as M
+    from harness.results.compare import compare
+    from harness.results.gate import gate
+    from harness.results.judge import breaches
+    from harness.results.store import load_run
 
     ops = [o for o in args.only.split(",") if o]
     t0 = time.monotonic()

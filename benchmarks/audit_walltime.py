@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.store import list_runs
+from harness.results.store import list_runs
 
 TARGET_S = 300.0
 

@@ -1,4 +1,4 @@
-"""DeepGEMM on this GPU, end to end: harness.deepgemm's probe, then every DeepGEMM golden of the catalogue
+"""DeepGEMM on this GPU, end to end: harness.parity.deepgemm's probe, then every DeepGEMM golden of the catalogue
 called once on one small case and compared with that op's fp64 oracle (calc_diff and max |err| over the
 valid region, against the op's calc_diff ceiling). A golden whose `archs` exclude this GPU is listed as
 such (the FP8 x FP4 MoE GEMM is SM100/SM120 only). Exit 1 when a golden fails or crosses its ceiling.
@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from harness import deepgemm, drift
-from harness.catalogue import discover
 from harness.content import content_dir
-from harness.inputs import build_inputs, to_device
-from harness.op import ORACLE, Unavailable
+from harness.parity.catalogue import discover
+from harness.parity.inputs import build_inputs, to_device
+from harness.parity.op import ORACLE, Unavailable
+from harness.parity import deepgemm, drift
 
 # small DeepSeek-V4-Flash shapes every SM90 kernel takes
 DEFAULT_CASES = {

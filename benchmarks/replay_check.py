@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.store import list_runs
+from harness.results.store import list_runs
 
 
 def drift(store: Path) -> dict:

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.report import build
-from harness.store import RunWriter, row
+from harness.pages.site import build
+from harness.results.store import RunWriter, row
 
 PATHS = ["fp64", "flashinfer.fa2", "flashmla.legacy", "sglang.triton", "sglang.torch"]
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from harness.profile import load_profile
-from harness.store import load_run
+from harness.results.store import load_run
 
 # (profile, mode, machine) -> seconds
 TARGETS = {

@@ -20,9 +20,9 @@ from harness.content import content_dir
 
 def one(op_file: str, path: str, case: str, repeats: int) -> dict:
     """In this process: time `path` on `case` once, the way a kernel-suite run does."""
-    from harness.catalogue import load_op_file
-    from harness.inputs import build_inputs, to_device
-    from harness.roofline import time_cuda
+    from harness.parity.catalogue import load_op_file
+    from harness.parity.inputs import build_inputs, to_device
+    from harness.parity.roofline import time_cuda
 
     op = load_op_file(Path(op_file))
     c, p = op.cases()[case], op.paths[path]

@@ -62,7 +62,7 @@ class CacheDir:
         return out
 
 
-def resolve(profile_dir: str | None) -> CacheDir:
+def locate(profile_dir: str | None) -> CacheDir:
     if os.environ.get(ENV):
         return CacheDir(Path(os.environ[ENV]).expanduser().resolve(), ENV)
     if profile_dir:

@@ -14,6 +14,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness.workers.environment import Unavailable
+from harness.workers.sglang_src import sglang_root
+
 # distribution name -> key in the fingerprint
 PACKAGES = {
     "torch": "torch",
@@ -94,9 +97,6 @@ def sglang_commit() -> tuple[str | None, str | None]:
     sources in use, else the installed distribution's direct_url.json."""
     if os.environ.get("SGLANG_GIT_COMMIT"):
         return os.environ["SGLANG_GIT_COMMIT"], "SGLANG_GIT_COMMIT"
-    from harness.op import Unavailable
-    from harness.sglang_src import sglang_root
-
     try:
         root = sglang_root()
     except Unavailable:
@@ -152,9 +152,6 @@ def _gpus() -> dict[str, Any]:
 def _sglang_generated(field: str) -> str | None:
     """A field of the sources' generated sglang/_version.py (`__version__`, `__commit_id__`), read
     as text: importing sglang runs its whole package __init__."""
-    from harness.op import Unavailable
-    from harness.sglang_src import sglang_root
-
     try:
         root = sglang_root()
     except Unavailable:
@@ -169,9 +166,6 @@ def _sglang_generated(field: str) -> str | None:
 def sglang_git() -> dict[str, str | None]:
     """Branch and commit subject of the SGLang under test: from the CI's environment (a pull request's
     head branch) or the checkout. Untrusted text: pages escape it."""
-    from harness.op import Unavailable
-    from harness.sglang_src import sglang_root
-
     branch = os.environ.get("SGLANG_GIT_BRANCH") or os.environ.get("GITHUB_HEAD_REF") or None
     message = os.environ.get("SGLANG_GIT_MESSAGE")
     try:

@@ -44,11 +44,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from harness import metrics as M
-from harness.bench import Shape
-from harness.catalogue import Op
-from harness.op import ORACLE, Case
-from harness.server import ServerConfig
+from harness.parity.catalogue import Op, Selection
+from harness.results import metrics as M
+from harness.results.gate import Allow, GateConfig
+from harness.results.metrics import ORACLE
+from harness.serving.bench import PerfConfig, Shape
+from harness.serving.gsm8k import AccuracyConfig
+from harness.serving.server import ServerConfig
 
 # metrics that can carry a ceiling in any op; an op's CEILINGS add its own
 CEILING_METRICS = M.ceiling_metrics()
@@ -76,49 +78,6 @@ class KernelsConfig:
     timing: dict | None = None  # {"repeats", "warmup", "cuda_graph", "on_cpu"}: on a GPU (on_cpu: the CPU too)
     slots: int = 1  # concurrent workers per device (each GPU, or the CPU); SM120_HARNESS_SLOTS overrides
     cache_dir: str | None = None  # harness/cache.py; SM120_HARNESS_CACHE overrides
-
-
-@dataclass
-class Allow:
-    """A known-flaky row the gate lets pass until a date: fnmatch patterns on case, impl and metric."""
-
-    case: str
-    impl: str
-    metric: str
-    until: str  # ISO date; the entry stops counting the day after
-    why: str
-
-
-@dataclass
-class GateConfig:
-    perf_regression: float = 0.05  # a significant slowdown (or throughput drop) past this fails
-    drift_factor: float = 2.0  # drift this many times the baseline's fails
-    gsm8k_floor: float | None = None  # an absolute accuracy floor, checked on the candidate
-    fail_on_preexisting: bool = False  # a failure the baseline had too fails the gate as well
-    allow: list[Allow] = field(default_factory=list)
-
-
-@dataclass
-class AccuracyConfig:
-    lm_eval: dict | None = None  # {questions (None: all 1319), concurrency, max_gen_toks}
-    cookbook: dict | None = None  # {questions, parallel}
-    run_eval: dict | None = None  # {examples, threads, floor}
-    timeout_s: float = 7200.0  # per evaluation
-
-
-@dataclass
-class PerfConfig:
-    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    repeats: int = 3
-    shapes: list[Shape] = field(
-        default_factory=lambda: [Shape("in128_out256", 128, 256), Shape("in1024_out1024", 1024, 1024)]
-    )
-    # requests per point: enough waves that the ramp-up and the tail do not dominate
-    prompts_per_concurrency: int = 8
-    min_prompts: int = 16
-    backend: str = "sglang"
-    seed: int = 42
-    timeout_s: float = 3600.0  # per point and repeat
 
 
 @dataclass
@@ -427,19 +386,6 @@ def _op(file: Path, name: str, t: Any) -> OpConfig:
             _number(file, f"{where}.tolerance.rtol", tol["rtol"]),
         )
     return cfg
-
-
-@dataclass
-class Selection:
-    """What the profile asks of one op, resolved against the op file."""
-
-    op: Op
-    cases: list[Case]
-    goldens: list[str]  # the oracle first
-    impls: list[str]
-    ceilings: dict[str, float]
-    tolerance: tuple[float, float]
-    listed_goldens: list[str] | None = None  # as the profile names them (what `golden capture` stores)
 
 
 def select(profile: Profile, ops: dict[str, Op], *, has_gpu: bool, only: list[str] | None = None) -> list[Selection]:

@@ -43,9 +43,9 @@ import os
 
 import torch
 
-from harness.drift import Metric
-from harness.op import ORACLE, Case, Path, Unavailable
-from harness.sglang_src import import_module
+from harness.parity.drift import Metric
+from harness.parity.op import ORACLE, Case, Path, Unavailable
+from harness.workers.sglang_src import import_module
 
 OP = "fp8_block_gemm"
 # Exactly quantizable inputs (see above): bf16 output rounding and fp32 accumulation are all the
@@ -259,7 +259,7 @@ def _deepgemm_call(t: dict, case: Case):
     """DeepGEMM's block FP8 GEMM as its tests call it: fp32 scales, per token [M, K/128] and per block
     [N/128, K/128]; SM90's 1D2D kernel takes them as fp32, SM100/SM120 cast them to UE8M0 (exact here:
     they are powers of two)."""
-    from harness import deepgemm
+    from harness.parity import deepgemm
 
     dg = deepgemm.load()
     M, K, N = (case.params[k] for k in ("M", "K", "N"))

@@ -39,9 +39,9 @@ from types import SimpleNamespace
 
 import torch
 
-from harness.drift import Metric
-from harness.op import ORACLE, Case, Path
-from harness.sglang_src import import_module, load_by_path
+from harness.parity.drift import Metric
+from harness.parity.op import ORACLE, Case, Path
+from harness.workers.sglang_src import import_module, load_by_path
 
 OP = "hash_topk"
 DTYPE = "fp32"

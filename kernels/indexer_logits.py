@@ -40,8 +40,8 @@ from collections.abc import Callable
 
 import torch
 
-from harness.op import ORACLE, Case, Path
-from harness.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Path
+from harness.workers.sglang_src import import_module
 
 OP = "indexer_logits"
 # FP8 q and k are exact in the oracle; what is left is the torch paths' bf16 bmm (each head's dot
@@ -198,7 +198,7 @@ def metrics(outputs: dict, oracle: dict, inputs: dict, case: Case) -> list:
     """What the standard drift cannot say: each logit's error against its magnitude (what rounding
     scales with), the tail's convention, and what the drift costs the consumer (how many of
     the exact top-512 tokens the path's logits still select)."""
-    from harness.drift import Metric
+    from harness.parity.drift import Metric
 
     logits, ref = outputs["logits"].double(), oracle["logits"].double()
     valid = valid_region(inputs, case)["logits"]
@@ -293,7 +293,7 @@ def _deepgemm_call(t: dict, case: Case) -> Callable[[], torch.Tensor]:
     get_paged_mqa_logits_metadata(block_kv=64) made once (not timed). Upstream DeepGEMM renamed the op
     fp8_fp4_paged_mqa_logits (Q as (values, None) for FP8, no clean_logits: the tail is left unwritten),
     the same kernel on SM90."""
-    from harness import deepgemm as dg
+    from harness.parity import deepgemm as dg
 
     deep_gemm = dg.load()
     context_lens = t["seq_lens"].to(torch.int32).view(-1, 1).contiguous()

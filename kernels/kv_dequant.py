@@ -45,10 +45,10 @@ from __future__ import annotations
 
 import torch
 
-from harness import dsv4
-from harness.drift import Metric
-from harness.op import ORACLE, Case, Path, Unavailable
-from harness.sglang_src import import_module
+from harness.parity.drift import Metric
+from harness.parity.op import ORACLE, Case, Path, Unavailable
+from harness.parity import dsv4
+from harness.workers.sglang_src import import_module
 
 OP = "kv_dequant"
 # fp8 (4 significant bits) times a power of two fits bf16 (8 bits) exactly above bf16's subnormal

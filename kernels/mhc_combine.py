@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.op import ORACLE, Case, Path
-from harness.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Path
+from harness.workers.sglang_src import import_module
 
 OP = "mhc_combine"
 # fp32 arithmetic over 4 terms, then one bf16 rounding of the output: bf16's ceilings apply. Round to

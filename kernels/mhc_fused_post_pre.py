@@ -44,10 +44,10 @@ from pathlib import Path as _P
 
 import torch
 
-from harness.catalogue import load_op_file
-from harness.drift import Metric, calc_diff, worst_row_calc_diff
-from harness.op import ORACLE, Case, Path, Unavailable
-from harness.sglang_src import import_module
+from harness.parity.catalogue import load_op_file
+from harness.parity.drift import Metric, calc_diff, worst_row_calc_diff
+from harness.parity.op import ORACLE, Case, Path, Unavailable
+from harness.workers.sglang_src import import_module
 
 _HERE = _P(__file__).resolve().parent
 _sinkhorn = load_op_file(_HERE / "mhc_sinkhorn.py").module
@@ -202,7 +202,7 @@ def sglang_tilelang(t: dict, case: Case) -> dict[str, torch.Tensor]:
 
 def sglang_tilelang_deepgemm(t: dict, case: Case) -> dict[str, torch.Tensor]:
     """The same with SGLANG_OPT_DEEPGEMM_HC_PRENORM=1: DeepGEMM's TF32 GEMM above 32 tokens."""
-    from harness import deepgemm
+    from harness.parity import deepgemm
 
     deepgemm.load()
     return sglang_tilelang(t, case)

@@ -36,8 +36,8 @@ import types
 
 import torch
 
-from harness.op import ORACLE, Case, Path, Unavailable
-from harness.sglang_src import import_module, require_root
+from harness.parity.op import ORACLE, Case, Path, Unavailable
+from harness.workers.sglang_src import import_module, require_root
 
 OP = "mhc_pre_norm"
 # The kernels this stands for multiply bf16 x (exact in TF32) by hc_fn rounded to TF32. Emulated on
@@ -173,7 +173,7 @@ def sglang_torch(t: dict, case: Case) -> dict[str, torch.Tensor]:
 def _deepgemm_call(t: dict, case: Case):
     """Allocate and return the call that runs DeepGEMM's kernel alone, as hc_pre calls it (num_splits
     None: one [T, 24] output and one [T] sum of squares)."""
-    from harness import deepgemm
+    from harness.parity import deepgemm
 
     dg = deepgemm.load()
     x = t["x"].flatten(1).bfloat16()

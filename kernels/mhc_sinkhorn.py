@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import torch
 
-from harness.drift import Metric, calc_diff
-from harness.op import ORACLE, Case, Path, Unavailable
-from harness.sglang_src import import_module
+from harness.parity.drift import Metric, calc_diff
+from harness.parity.op import ORACLE, Case, Path, Unavailable
+from harness.workers.sglang_src import import_module
 
 OP = "mhc_sinkhorn"
 # Every path does fp32 elementwise arithmetic on inputs the oracle takes as they are: fp32's

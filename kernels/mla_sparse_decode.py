@@ -25,10 +25,10 @@ import os
 
 import torch
 
-from harness import dsv4
-from harness.op import ORACLE, Case, Path, Unavailable
-from harness.sglang_src import import_module, load_by_path
-from harness.triton_capture import keep_first_config
+from harness.parity.op import ORACLE, Case, Path, Unavailable
+from harness.parity import dsv4
+from harness.workers.sglang_src import import_module, load_by_path
+from harness.workers.triton_capture import keep_first_config
 
 OP = "mla_sparse_decode"
 # The KV cache is fp8, but the oracle dequantizes it exactly, so what is left is bf16 rounding of q,

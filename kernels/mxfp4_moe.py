@@ -73,9 +73,10 @@ import math
 
 import torch
 
-from harness import drift, dsv4, triton_capture
-from harness.op import ORACLE, Case, Path, Unavailable
-from harness.sglang_src import import_module, load_by_path
+from harness.parity.op import ORACLE, Case, Path, Unavailable
+from harness.parity import drift, dsv4
+from harness.workers import triton_capture
+from harness.workers.sglang_src import import_module, load_by_path
 
 OP = "mxfp4_moe"
 DTYPE = "fp4"
@@ -555,7 +556,7 @@ def _deepgemm_call(t: dict, case: Case):
     padded to DeepGEMM's M alignment (padding rows -1 in the layout), recipe_a (1, 128) UE8M0 activations,
     recipe_b (1, 32) for the packed e2m1 weights with their E8M0 scales (given as float32 powers of two,
     which DeepGEMM packs to UE8M0 itself). The SwiGLU limit and the routed sum are done here in fp32."""
-    from harness import deepgemm
+    from harness.parity import deepgemm
 
     dg = deepgemm.load()
     p = case.params

@@ -39,8 +39,8 @@ from collections.abc import Callable
 
 import torch
 
-from harness.op import ORACLE, Case, Path
-from harness.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Path
+from harness.workers.sglang_src import import_module
 
 OP = "topk_transform"
 # the scores are fp32 and the selection must be exact; no floating output is compared
@@ -198,7 +198,7 @@ def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
 
 def metrics(outputs: dict, oracle: dict, inputs: dict, case: Case) -> list:
     """Judge the page indices (what the attention reads) through the page table, against the scores."""
-    from harness.drift import Metric
+    from harness.parity.drift import Metric
 
     scores, table = inputs["scores"].double(), inputs["page_table"].long()
     page_indices = outputs["page_indices"].long()

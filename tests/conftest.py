@@ -27,7 +27,7 @@ def _seeded_torch():
 
 
 def sglang_available() -> bool:
-    from harness.sglang_src import sglang_root
+    from harness.workers.sglang_src import sglang_root
 
     try:
         return sglang_root() is not None
@@ -65,7 +65,7 @@ def write_profile(path: Path, body: str) -> Path:
 def run_op(tmp: Path, profile: str, op: str, timeout: float = 600):
     """Run the op `op` of tests/ops through the real CLI under `profile` (TOML text): the completed
     process and the run it stored."""
-    from harness.store import load_run
+    from harness.results.store import load_run
 
     prof = write_profile(tmp / "p.toml", profile)
     store = tmp / "runs"

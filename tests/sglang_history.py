@@ -61,7 +61,7 @@ def _git(repo: Path, *args: str) -> str:
 def build(repo: Path, changes: list[str]) -> list[str]:
     """Create the repository at `repo`: the base commit, then one commit per change. Returns every
     commit's sha, the base first."""
-    from harness.sglang_src import require_root
+    from harness.workers.sglang_src import require_root
 
     source = require_root() / "sglang"
     package = repo / "python" / "sglang"

@@ -7,8 +7,8 @@ import random
 
 import pandas as pd
 
-from harness.attribution import attribute, markdown
-from harness.store import RunWriter, row
+from harness.results.attribution import attribute, markdown
+from harness.results.store import RunWriter, row
 from tests.conftest import run_cli
 
 QUESTIONS = 1319

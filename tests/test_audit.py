@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from harness.audit import FORBIDDEN_PTX, FORBIDDEN_SASS, SM120_SHARED_BYTES
-from harness.store import load_run
+from harness.audit.triton_kernels import FORBIDDEN_PTX, FORBIDDEN_SASS, SM120_SHARED_BYTES
+from harness.results.store import load_run
 from tests.conftest import OPS, needs_sglang, run_cli, write_profile
 
 
@@ -108,7 +108,7 @@ def test_sglang_fused_moe_is_captured_as_sm120_launches_it(tmp_path):
 def test_the_instruction_check_finds_what_an_sm90_build_uses():
     """The same matmul compiled for sm_90a uses wgmma (PTX) and HGMMA (SASS); for sm_120a neither:
     the detectors look at real compiler output, not only at strings made up for a test."""
-    from harness.audit import compile_one
+    from harness.audit.triton_kernels import compile_one
 
     v = {
         "module": "planted_smem",
@@ -137,8 +137,8 @@ def test_the_instruction_check_finds_what_an_sm90_build_uses():
 def test_a_dtype_constexpr_survives_capture_and_compiles():
     import triton.language as tl
 
-    from harness.audit import compile_one
-    from harness.triton_capture import _jsonable
+    from harness.audit.triton_kernels import compile_one
+    from harness.workers.triton_capture import _jsonable
 
     kept = json.loads(json.dumps(_jsonable(tl.float32)))  # as the capture file stores it
     v = {

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from harness.audit import SM120_SHARED_BYTES, _short_name
-from harness.cuda_audit import _recording_link, toolkit_root
-from harness.store import load_run
+from harness.audit.cuda_kernels import _recording_link, toolkit_root
+from harness.audit.triton_kernels import SM120_SHARED_BYTES, _short_name
+from harness.results.store import load_run
 from tests.conftest import OPS, needs_sglang, run_cli, write_profile
 
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from harness.audit import SM120_SHARED_BYTES
-from harness.store import load_run
+from harness.audit.triton_kernels import SM120_SHARED_BYTES
+from harness.results.store import load_run
 from tests.conftest import OPS, run_cli, write_profile
 from tests.test_audit_cuda import needs_nvcc
 

@@ -8,9 +8,9 @@ import subprocess
 import pandas as pd
 import pytest
 
-from harness.bisect import BAD, GOOD, SKIP, BisectError, judge, next_pick, search, summary
+from harness.history.bisect import BAD, GOOD, SKIP, BisectError, judge, next_pick, search, summary
 from harness.profile import GateConfig
-from harness.store import list_bisects, list_runs, load_run, row
+from harness.results.store import list_bisects, list_runs, load_run, row
 from tests.conftest import needs_sglang, run_cli, write_profile
 from tests.sglang_history import FAULTY, PROFILE, SUBJECTS, build
 
@@ -181,7 +181,7 @@ def test_search_order():
 
 
 def test_the_site_links_the_bisect_its_steps_and_its_result(bisected, tmp_path):
-    from harness.report import build
+    from harness.pages.site import build
 
     _, shas, store, result, _ = bisected
     index = build(store, tmp_path / "site").read_text()

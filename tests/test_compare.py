@@ -5,8 +5,8 @@ import random
 import pandas as pd
 import pytest
 
-from harness.compare import compare, to_markdown
-from harness.store import load_run, row
+from harness.results.compare import compare, to_markdown
+from harness.results.store import load_run, row
 from tests.conftest import OPS, run_cli, write_profile
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from harness import drift
+from harness.parity import drift
 
 X = torch.tensor([1.0, 2.0])
 Y = torch.tensor([1.0, 3.0])

@@ -3,7 +3,7 @@ SGLang's own gather-and-dequant: the layout the oracle assumes is the one SGLang
 
 import torch
 
-from harness import dsv4
+from harness.parity import dsv4
 from tests.conftest import needs_sglang
 
 
@@ -43,7 +43,7 @@ def test_scale_is_the_smallest_power_of_two_that_fits():
 
 def test_sglang_reads_the_layout_we_write():
     needs_sglang()
-    from harness.sglang_src import import_module
+    from harness.workers.sglang_src import import_module
 
     mod = import_module("sglang.kernels.ops.attention.flash_mla_sm120")
     _, _, _, _, buf = _cache(n=512, page=256, seed=1)

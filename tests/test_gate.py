@@ -7,9 +7,9 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from harness.gate import gate, markdown
 from harness.profile import Allow, GateConfig, ProfileError, load_profile
-from harness.store import row
+from harness.results.gate import gate, markdown
+from harness.results.store import row
 from tests.conftest import OPS, run_cli, write_profile
 
 NO_BREACH = pd.DataFrame(columns=["case", "impl", "reference", "metric", "value", "ceiling"])

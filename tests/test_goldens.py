@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from harness.store import load_run
+from harness.results.store import load_run
 from tests.conftest import OPS, needs_sglang, run_cli, write_profile
 
 TOY = """name = "toy"

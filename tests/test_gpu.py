@@ -3,7 +3,7 @@ Deselected by default; run with `pytest -m gpu` (or `tox -e gpu`)."""
 
 import pytest
 
-from harness.store import list_runs
+from harness.results.store import list_runs
 from tests.conftest import needs_sglang, run_cli
 
 pytestmark = pytest.mark.gpu

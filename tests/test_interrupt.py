@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness.store import load_run
+from harness.results.store import load_run
 from tests.conftest import OPS, ROOT, write_profile
 
 PROFILE = """
@@ -70,8 +70,8 @@ def _workers_of(pid: int) -> list[int]:
     return [
         int(line.split()[0])
         for line in out.splitlines()[1:]
-        if ("harness.worker" in line and f"-{pid}-" in line)
-        or ("harness.forkserver" in line and line.split()[-1] == str(pid))
+        if ("harness.workers.worker" in line and f"-{pid}-" in line)
+        or ("harness.workers.forkserver" in line and line.split()[-1] == str(pid))
     ]
 
 

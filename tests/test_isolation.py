@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from harness.store import load_run
+from harness.results.store import load_run
 from tests.conftest import OPS, run_cli, write_profile
 
 PROFILE = """
@@ -107,7 +107,7 @@ def test_ceilings_bound_drift_from_the_oracle_not_between_kernels():
 
     import pandas as pd
 
-    from harness.ceilings import breaches
+    from harness.results.ceilings import breaches
 
     rows = pd.DataFrame([
         {"case": "op/c", "impl": "k", "reference": "fp64", "metric": "calc_diff", "value": 2e-5, "status": "ok"},

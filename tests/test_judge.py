@@ -10,12 +10,12 @@ import sys
 import pandas as pd
 import pytest
 
-from harness import metrics as M
-from harness.compare import compare
-from harness.environment import drop_orphans, missing_module
-from harness.gate import gate, markdown
 from harness.profile import GateConfig, ProfileError, load_profile
-from harness.store import load_run, row
+from harness.results import metrics as M
+from harness.results.compare import compare
+from harness.results.gate import gate, markdown
+from harness.results.store import load_run, row
+from harness.workers.environment import drop_orphans, missing_module
 from tests.conftest import ROOT, run_cli, write_profile
 
 NO_BREACH = pd.DataFrame(columns=["case", "impl", "reference", "metric", "value", "ceiling"])
@@ -110,7 +110,7 @@ def test_fail_on_preexisting_is_read_from_the_profile(tmp_path):
 JUDGED_OP = """
 import os
 import torch
-from harness.op import ORACLE, Case, Path
+from harness.parity.op import ORACLE, Case, Path
 
 OP = "judged"
 DTYPE = "bf16"
@@ -217,7 +217,7 @@ def test_no_metric_name_is_spelled_outside_the_vocabulary():
 def test_compare_does_not_import_the_worker():
     import subprocess
 
-    code = "import sys, harness.compare, harness.gate; print('harness.worker' in sys.modules)"
+    code = "import sys, harness.results.compare, harness.results.gate; print('harness.workers.worker' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -261,7 +261,7 @@ def test_a_failed_import_leaves_no_half_imported_package(tmp_path, monkeypatch):
 
 
 def test_the_site_judges_a_run_stored_before_its_limits_with_the_op_files(tmp_path):
-    from harness.judge import breaches
+    from harness.results.judge import breaches
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "run.json").write_text(json.dumps({"run_id": "r", "status": "complete"}))

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from harness.catalogue import load_op_file
-from harness.ceilings import breaches, default_ceilings
+from harness.parity.catalogue import load_op_file
+from harness.results.ceilings import breaches, default_ceilings
 from tests.conftest import ROOT, needs_sglang, run_op
 
 op = load_op_file(ROOT / "kernels" / "fp8_block_gemm.py")

@@ -4,8 +4,8 @@ hash router really has flagged by the weights' drift or the ids' exact match."""
 
 import pytest
 
-from harness.catalogue import load_op_file
-from harness.ceilings import breaches
+from harness.parity.catalogue import load_op_file
+from harness.results.ceilings import breaches
 from tests.conftest import OPS, needs_sglang, run_op
 
 PROFILE = """

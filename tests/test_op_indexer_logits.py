@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from harness.catalogue import load_op_file
-from harness.ceilings import breaches
-from harness.sglang_src import import_module
+from harness.parity.catalogue import load_op_file
+from harness.results.ceilings import breaches
+from harness.workers.sglang_src import import_module
 from tests.conftest import ROOT, needs_sglang, run_op
 
 op = load_op_file(ROOT / "kernels" / "indexer_logits.py")

@@ -4,8 +4,8 @@ says, and the bugs a gather + dequant really has are flagged."""
 
 import pytest
 
-from harness.catalogue import load_op_file
-from harness.ceilings import breaches
+from harness.parity.catalogue import load_op_file
+from harness.results.ceilings import breaches
 from tests.conftest import OPS, needs_sglang, run_op
 
 PROFILE = """

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.catalogue import load_op_file
-from harness.ceilings import breaches
+from harness.parity.catalogue import load_op_file
+from harness.results.ceilings import breaches
 from tests.conftest import OPS, ROOT, needs_sglang, run_op
 
 KERNELS = ROOT / "kernels"

@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-from harness.catalogue import load_op_file
-from harness.ceilings import breaches
-from harness.inputs import build_inputs
-from harness.op import Case
+from harness.parity.catalogue import load_op_file
+from harness.parity.inputs import build_inputs
+from harness.parity.op import Case
+from harness.results.ceilings import breaches
 from tests.conftest import OPS, ROOT, needs_sglang, run_op
 
 op = load_op_file(ROOT / "kernels" / "mxfp4_moe.py").module
@@ -181,9 +181,9 @@ fm.cutlass_fused_moe = cutlass_fused_moe
 
 sys.path.insert(0, ".")
 from pathlib import Path
-from harness.catalogue import load_op_file
-from harness.inputs import build_inputs
-from harness.sglang_src import import_module
+from harness.parity.catalogue import load_op_file
+from harness.parity.inputs import build_inputs
+from harness.workers.sglang_src import import_module
 
 op = load_op_file(Path("kernels/mxfp4_moe.py")).module
 for name in ("quantization.mxfp4_flashinfer_cutlass_moe", "moe.moe_runner.flashinfer_cutlass"):
@@ -280,7 +280,7 @@ def test_deepgemm_golden_lays_out_groups_and_combines_rows(monkeypatch):
     """The DeepGEMM golden's own glue (contiguous layout with -1 padding, UE8M0 activation scales, the
     [up; gate] split, the routed sum) around a torch stand-in for the GEMM: it lands on the oracle within
     the FP8 rounding, and every row reaches its expert."""
-    from harness import deepgemm
+    from harness.parity import deepgemm
 
     fake = _ReferenceDeepGemm()
     monkeypatch.setattr(deepgemm, "load", lambda: fake)
@@ -288,7 +288,7 @@ def test_deepgemm_golden_lays_out_groups_and_combines_rows(monkeypatch):
     t = build_inputs(op, op.OP, case, seed=0)
     got = op.deepgemm_fp8_fp4(t, case)["out"]
     ref = op.oracle(t, case)["out"]
-    from harness.drift import calc_diff, worst_row_calc_diff
+    from harness.parity.drift import calc_diff, worst_row_calc_diff
 
     assert calc_diff(got, ref) < 3e-3 and worst_row_calc_diff(got, ref)[0] < 5e-3
     assert fake.calls and all(c[:3] == ((1, 128), (1, 32), torch.int32) for c in fake.calls)

@@ -3,7 +3,7 @@ is flagged by the metrics, and the clean kernel is not."""
 
 import pytest
 
-from harness.ceilings import breaches, default_ceilings
+from harness.results.ceilings import breaches, default_ceilings
 from tests.conftest import needs_sglang, run_op
 
 PROFILE = """

@@ -3,7 +3,7 @@ and exit code 2."""
 
 import pytest
 
-from harness.catalogue import discover
+from harness.parity.catalogue import discover
 from harness.profile import ProfileError, load_profile, select
 from tests.conftest import OPS, ROOT, run_cli, write_profile
 

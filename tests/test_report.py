@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from harness.report import build
+from harness.pages.site import build
 from tests.conftest import OPS, run_cli, write_profile
 
 EVIL = "<script>alert('x')</script> & <b>bold</b>"
@@ -93,7 +93,7 @@ def test_serving_history_plots_from_measurement_rows(tmp_path):
     rows the serving suites store (synthetic here: the serving suites come later)."""
     import random
 
-    from harness.store import RunWriter, row
+    from harness.results.store import RunWriter, row
 
     rng = random.Random(0)
     for day in range(3):

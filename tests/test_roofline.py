@@ -2,8 +2,8 @@
 
 import pytest
 
-from harness.catalogue import load_op_file
-from harness.roofline import Timing, peaks, roofline
+from harness.parity.catalogue import load_op_file
+from harness.parity.roofline import Timing, peaks, roofline
 from tests.conftest import ROOT
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench import PointError, metrics
-from harness.store import load_run
+from harness.results.store import load_run
+from harness.serving.bench import PointError, metrics
 from tests import serve_stub
 from tests.conftest import ROOT, needs_sglang, run_cli, write_profile
 

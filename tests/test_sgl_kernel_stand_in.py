@@ -46,8 +46,8 @@ def test_cuda_import_chain_loads_and_a_call_is_unavailable(tmp_path):
             print("PLAIN-MISSING", exc.name)
         for name in [m for m in list(__import__("sys").modules) if m.startswith("sglang")]:
             del __import__("sys").modules[name]
-        from harness.op import Unavailable
-        from harness.sglang_src import SGL_KERNEL_CALLS, import_module
+        from harness.parity.op import Unavailable
+        from harness.workers.sglang_src import SGL_KERNEL_CALLS, import_module
         mod = import_module("sglang.srt.layers.attention.dsv4.indexer")
         print("LOADED", callable(mod.fp8_paged_mqa_logits_torch))
         import sgl_kernel
@@ -72,7 +72,7 @@ def test_no_stand_in_where_sgl_kernel_is_installed(tmp_path):
     (pkg / "__init__.py").write_text("REAL = True\n")
     r = _run(
         """
-        from harness.sglang_src import stand_in_sgl_kernel
+        from harness.workers.sglang_src import stand_in_sgl_kernel
         print("STAND-IN", stand_in_sgl_kernel())
         import sgl_kernel
         print("REAL", sgl_kernel.REAL)

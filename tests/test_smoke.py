@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from harness.store import list_runs
+from harness.results.store import list_runs
 from tests.conftest import needs_sglang, run_cli
 
 

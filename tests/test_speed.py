@@ -7,7 +7,7 @@ import re
 import pytest
 
 from harness.profile import ProfileError, load_profile
-from harness.store import load_run
+from harness.results.store import load_run
 from tests.conftest import OPS, run_cli, write_profile
 
 PROFILE = """

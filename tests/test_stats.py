@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from harness import stats
+from harness.results import stats
 
 
 def test_mann_whitney_small_exact_case_by_hand():

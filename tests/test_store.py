@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from harness.store import RunWriter, StoreError, list_runs, load_run, read_journal, resolve, row
+from harness.results.store import RunWriter, StoreError, list_runs, load_run, read_journal, resolve_run, row
 
 
 def _rows(run_id, n):
@@ -78,13 +78,13 @@ def test_resolve_by_id_dir_latest_profile_and_commit(tmp_path):
         w.manifest["started_at"] = f"2026-01-0{len(ids) + 1}T00:00:00+00:00"
         w.finish("complete")
         ids.append(w.run_id)
-    assert resolve(tmp_path, "latest").run_id == ids[2]
-    assert resolve(tmp_path, "latest:nightly").run_id == ids[1]
-    assert resolve(tmp_path, ids[0]).run_id == ids[0]
-    assert resolve(tmp_path, str(tmp_path / ids[1])).run_id == ids[1]
-    assert resolve(tmp_path, "bbbbbbb").run_id == ids[1]
+    assert resolve_run(tmp_path, "latest").run_id == ids[2]
+    assert resolve_run(tmp_path, "latest:nightly").run_id == ids[1]
+    assert resolve_run(tmp_path, ids[0]).run_id == ids[0]
+    assert resolve_run(tmp_path, str(tmp_path / ids[1])).run_id == ids[1]
+    assert resolve_run(tmp_path, "bbbbbbb").run_id == ids[1]
     with pytest.raises(StoreError, match="no run"):
-        resolve(tmp_path, "latest:pr")
+        resolve_run(tmp_path, "latest:pr")
     assert len(list_runs(tmp_path)) == 3
 
 
@@ -106,7 +106,7 @@ def test_a_remote_store_is_published_whole_and_read_back():
     assert url == f"{store}/{w.run_id}" and not w.dir.exists()  # the staging copy is gone
     (run,) = list_runs(store)
     assert run.run_id == w.run_id and run.status == "complete" and len(run.measurements) == 3
-    assert resolve(store, "abcdef0").run_id == w.run_id
+    assert resolve_run(store, "abcdef0").run_id == w.run_id
     import fsspec
 
     assert fsspec.filesystem("memory").exists(f"/sm120-test-store/{w.run_id}/artifacts/report.html")

@@ -8,8 +8,8 @@ from pathlib import Path as _P
 
 import torch
 
-from harness.catalogue import load_op_file
-from harness.op import Path, Unavailable
+from harness.parity.catalogue import load_op_file
+from harness.parity.op import Path, Unavailable
 
 _real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "fp8_block_gemm.py").module
 OP = "planted_fp8_block_gemm"

@@ -7,8 +7,8 @@ from pathlib import Path as _P
 
 import torch
 
-from harness.catalogue import load_op_file
-from harness.op import Path
+from harness.parity.catalogue import load_op_file
+from harness.parity.op import Path
 
 _real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "indexer_logits.py").module
 OP = "planted_indexer_logits"

@@ -6,9 +6,9 @@ from pathlib import Path as _P
 
 import torch
 
-from harness import dsv4
-from harness.catalogue import load_op_file
-from harness.op import Path
+from harness.parity.catalogue import load_op_file
+from harness.parity.op import Path
+from harness.parity import dsv4
 
 _real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "kv_dequant.py").module
 OP = "planted_kv_dequant"

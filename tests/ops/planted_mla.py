@@ -3,9 +3,9 @@ one UE8M0 scale off by one exponent step, one index off by one. Each must be fla
 
 from pathlib import Path as _P
 
-from harness import dsv4
-from harness.catalogue import load_op_file
-from harness.op import Path
+from harness.parity.catalogue import load_op_file
+from harness.parity.op import Path
+from harness.parity import dsv4
 
 _real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "mla_sparse_decode.py").module
 OP = "planted_mla"

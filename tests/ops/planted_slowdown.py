@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from harness.op import ORACLE, Case, Path
+from harness.parity.op import ORACLE, Case, Path
 
 OP = "planted_slowdown"
 DTYPE = "fp32"

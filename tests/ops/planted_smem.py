@@ -8,8 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from harness.op import ORACLE, Case, Path
-from harness.triton_capture import keep_first_config
+from harness.parity.op import ORACLE, Case, Path
+from harness.workers.triton_capture import keep_first_config
 
 OP = "planted_smem"
 DTYPE = "bf16"

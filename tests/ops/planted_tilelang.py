@@ -8,7 +8,7 @@ from pathlib import Path as FilePath
 
 import torch
 
-from harness.op import ORACLE, Case, Path, Unavailable
+from harness.parity.op import ORACLE, Case, Path, Unavailable
 
 OP = "planted_tilelang"
 DTYPE = "fp32"

@@ -9,7 +9,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-from harness.op import ORACLE, Case, Path
+from harness.parity.op import ORACLE, Case, Path
 
 OP = "toy_compile"
 DTYPE = "fp32"

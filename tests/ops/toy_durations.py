@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from harness.op import ORACLE, Case, Path
+from harness.parity.op import ORACLE, Case, Path
 
 OP = "toy_durations"
 DTYPE = "fp32"

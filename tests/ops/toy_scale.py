@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from harness.op import ORACLE, Case, Path, Unavailable
+from harness.parity.op import ORACLE, Case, Path, Unavailable
 
 OP = "toy_scale"
 DTYPE = "bf16"

@@ -1,0 +1,196 @@
+"""The jobs built on the engine entry (harness/run.py), composed in Python: gating a candidate run against
+a baseline, comparing two runs, capturing goldens, and the nightly (the profile's run, its audit, the
+gate against the previous nightly, the site)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness import limits
+from harness.content import content_dir
+from harness.pages.site import build as build_site
+from harness.parity import goldens
+from harness.profile import KernelsConfig, Profile, ProfileError, load_profile
+from harness.results import attribution, judge
+from harness.results import metrics as M
+from harness.results.compare import compare
+from harness.results.gate import Finding, gate, markdown
+from harness.results.store import Run, StoreError, is_url, list_runs, resolve_run
+from harness.run import (
+    AUDIT,
+    EXIT_GATE,
+    EXIT_INFRA,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    GOLDENS,
+    RUN,
+    Outcome,
+    Request,
+    UsageError,
+    execute,
+)
+
+
+def default_site(store: str) -> Path:
+    """The default site folder: beside the runs of a local store, else ./site."""
+    return Path("site") if is_url(store) else Path(store) / "site"
+
+
+def moved_kernels(store: str, baseline: Run, candidate: Run, compared: pd.DataFrame | None = None) -> str:
+    """The kernels that moved when an end-to-end figure dropped (harness/results/attribution.py), as
+    Markdown."""
+    found = attribution.attribute(baseline.measurements, candidate.measurements, compared)
+    others = []
+    if found.drops and not all(found.kernel_rows):  # name the runs of the same commits that hold kernel rows
+        try:
+            others = [r.manifest for r in list_runs(store)]
+        except StoreError:
+            pass
+    return attribution.markdown(found, (baseline.manifest, candidate.manifest), others)
+
+
+@dataclass
+class Comparison:
+    rows: pd.DataFrame  # every aligned row with its verdict
+    title: str
+    moved: str  # the kernels that moved, as Markdown ("" where nothing end to end dropped)
+
+
+def compare_runs(store: str, baseline: str, candidate: str) -> Comparison:
+    """Two runs of the store, named as `runs` names them, compared. Raises StoreError."""
+    a, b = resolve_run(store, baseline), resolve_run(store, candidate)
+    rows = compare(a.measurements, b.measurements)
+    return Comparison(rows, f"{b.run_id} against {a.run_id}", moved_kernels(store, a, b, rows))
+
+
+@dataclass
+class GateResult:
+    findings: list[Finding]
+    markdown: str
+
+    @property
+    def failing(self) -> bool:
+        return any(f.failing for f in self.findings)
+
+
+def gate_runs(
+    store: str, baseline: str, candidate: str, profile: Path | Profile | None = None, kernels_dir: Path | None = None
+) -> GateResult:
+    """The candidate gated against the baseline with the gate settings of `profile` (default: the
+    profile the candidate ran, else suites/smoke.toml) and the candidate's limits; the summary is also
+    appended to $GITHUB_STEP_SUMMARY where set. Raises StoreError or UsageError."""
+    base, cand = resolve_run(store, baseline), resolve_run(store, candidate)
+    if not isinstance(profile, Profile):
+        stored = Path(cand.manifest.get("profile", {}).get("file", ""))
+        try:
+            profile = load_profile(profile or (stored if stored.is_file() else content_dir("suites") / "smoke.toml"))
+        except (ProfileError, FileNotFoundError) as exc:
+            raise UsageError(str(exc)) from exc
+    cand_limits = limits.of_run(cand, profile=profile, kernels_dir=kernels_dir)
+    # the baseline is held to the candidate's limits, so a limit it crossed too is told apart
+    over, over_before = judge.breaches(cand, cand_limits), judge.breaches(base, cand_limits)
+    findings = gate(base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before)
+    md = markdown(findings, f"{cand.run_id} against {base.run_id} ({profile.file})")
+    md += moved_kernels(store, base, cand)
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        with open(summary_file, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    return GateResult(findings, md)
+
+
+def capture_goldens(request: Request, out: Path) -> tuple[Outcome, int]:
+    """Run the profile's goldens where they run and store their outputs in `out` (safetensors with a
+    manifest and sha256, harness/parity/goldens.py); returns the run and how many outputs were stored."""
+    with tempfile.TemporaryDirectory(prefix="sm120-harness-capture-") as outputs:
+        request.what, request.keep_outputs = GOLDENS, Path(outputs)
+        outcome = execute(request)
+        if outcome.code == EXIT_INTERRUPTED:
+            return outcome, 0
+        m, seed = outcome.run.measurements, (outcome.profile.kernels or KernelsConfig()).seed
+        wanted = {(s.op.name, g) for s in outcome.selections for g in (s.listed_goldens or s.goldens)}
+        stored = 0
+        for _, o in m[(m["metric"] == M.OUTCOME) & (m["status"] == "ok")].iterrows():
+            op, case = o["case"].split("/", 1)
+            if (op, o["impl"]) not in wanted:
+                continue
+            goldens.write(
+                out,
+                op=op,
+                case=case,
+                case_version=o["case_version"],
+                golden=o["impl"],
+                seed=seed,
+                input_digest=json.loads(o["detail"])["digest"],
+                outputs_file=Path(outputs) / op / case / f"{o['impl']}.safetensors",
+                fingerprint=outcome.run.manifest["fingerprint"],
+            )
+            stored += 1
+    return outcome, stored
+
+
+@dataclass
+class Nightly:
+    runs: list[Outcome] = field(default_factory=list)  # the profile's run, then its audit
+    gate: GateResult | None = None  # against the previous nightly of the profile, where there is one
+    site: Path | None = None
+    code: int = EXIT_OK  # the worst of the steps
+
+
+def nightly(
+    profile_file: Path,
+    store: str,
+    *,
+    kernels_dir: Path | None = None,
+    site: Path | None = None,
+    server_url: str | None = None,
+    data_dir: Path | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Nightly:
+    """The nightly job: the profile's run (kernels and/or serving) and, with kernels, the audit, as two
+    runs of the store; the run gated against the previous run of the same profile; then the site.
+    Raises UsageError before anything runs; a step that fails to run ends it with that step's code."""
+    try:
+        profile = load_profile(profile_file)
+    except (ProfileError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    say = say or Request().say
+    common = dict(profile=profile, store=store, kernels_dir=kernels_dir, say=say)
+    before = {r.run_id for r in list_runs(store)}
+    result = Nightly()
+    result.runs.append(execute(Request(what=RUN, server_url=server_url, data_dir=data_dir, **common)))
+    if profile.kernels is not None:  # a serving-only profile has no kernels to audit
+        result.runs.append(execute(Request(what=AUDIT, **common)))
+    codes = [o.code for o in result.runs]
+    if EXIT_INTERRUPTED in codes or EXIT_USAGE in codes:
+        result.code = max(codes)
+        return result
+    try:
+        mine = [
+            r
+            for r in list_runs(store)
+            if r.manifest.get("profile", {}).get("name") == profile.name
+            and AUDIT not in r.manifest.get("suites", [])
+            and "bisect" not in r.manifest  # a bisect's step measured some older commit
+        ]
+    except StoreError as exc:
+        say(f"sm120-harness: error: {exc}")
+        result.code = EXIT_INFRA
+        return result
+    mine.sort(key=lambda r: r.manifest.get("started_at", ""))
+    new = [r for r in mine if r.run_id not in before]
+    old = [r for r in mine if r.run_id in before]
+    if new and old:
+        result.gate = gate_runs(store, old[-1].run_id, new[-1].run_id, profile, kernels_dir)
+        codes.append(EXIT_GATE if result.gate.failing else EXIT_OK)
+    result.site = build_site(store, site or default_site(store), kernels_dir)
+    result.code = EXIT_INFRA if EXIT_INFRA in codes else max(codes)
+    return result

@@ -1,0 +1,143 @@
+"""What a person sees in the terminal: a line per result as it comes, a summary table at the end.
+Everything goes to stderr, so `--json` keeps stdout for machines."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+
+import pandas as pd
+
+from harness.results import metrics as M
+from harness.results.metrics import ORACLE
+from harness.workers.worker import Result
+
+
+class Progress:
+    """A line per result as it comes, through `say`."""
+
+    def __init__(self, total: int, say: Callable[[str], None]):
+        self.total, self.done, self.say, self.t0 = total, 0, say, time.monotonic()
+
+    def result(self, op: str, case: str, path: str, result: Result, rows: list[dict]) -> None:
+        self.done += 1
+        calc = next((r["value"] for r in rows if r["metric"] == M.CALC_DIFF and r["reference"] == ORACLE), None)
+        extra = f"  calc_diff {M.fmt(calc)}" if calc is not None else ""
+        err = result.detail.get("error")
+        extra += f"  ({err.splitlines()[0][:120]})" if err and result.status != "ok" else ""
+        width = len(str(self.total))
+        self.say(
+            f"[{self.done:>{width}}/{self.total}] {op}/{case}  {path}  {result.status}  "
+            f"{M.fmt(result.seconds)} s{extra}"
+        )
+
+
+def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
+    """One line per (case, path): its status, drift against the oracle, and its ratio to each golden."""
+    if df.empty:
+        return "no measurements"
+    over = set(zip(breaches["case"], breaches["impl"], breaches["reference"].fillna(""), breaches["metric"]))
+    outcome = df[df["metric"] == M.OUTCOME]
+    goldens = sorted(set(df.loc[df["metric"] == M.RMSE_RATIO, "reference"].dropna()))
+    timed = bool((df["metric"] == M.TIME_US).any())
+    head = ["case", "path", "status", M.CALC_DIFF, "worst_row", M.MAX_ABS] + [f"rmse/{g}" for g in goldens]
+    head += [M.TIME_US, "roofline"] if timed else []
+    lines = [head]
+    for _, o in outcome.iterrows():
+        sub = df[(df["case"] == o["case"]) & (df["impl"] == o["impl"])]
+
+        def cell(metric: str, ref: str | None, sub=sub, o=o) -> str:
+            same_ref = sub["reference"].isna() if ref is None else sub["reference"] == ref
+            hit = sub[(sub["metric"] == metric) & same_ref]
+            if hit.empty:
+                return ""
+            flag = "!" if (o["case"], o["impl"], ref or "", metric) in over else ""
+            return M.fmt(float(hit["value"].iloc[0])) + flag
+
+        status = o["status"] if len(o["status"]) <= 40 else o["status"][:37] + "..."
+        lines.append(
+            [
+                o["case"],
+                o["impl"],
+                status,
+                cell(M.CALC_DIFF, ORACLE),
+                cell(M.WORST_ROW_CALC_DIFF, ORACLE),
+                cell(M.MAX_ABS, ORACLE),
+            ]
+            + [cell(M.RMSE_RATIO, g) for g in goldens]
+            + ([cell(M.TIME_US, None), cell(M.ROOFLINE_FRAC, None)] if timed else [])
+        )
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
+    return text + ("\n(! = over its ceiling)" if over else "")
+
+
+def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
+    """One line per (kernel variant, path): shared memory, registers, spills, forbidden instructions."""
+    df = df[df["suite"] == "audit"]
+    if df.empty:
+        return "no kernels audited"
+    over = set(zip(breaches["case"], breaches["impl"], breaches["metric"]))
+    lines = [["kernel / config", "path", "status", "shared B", "dynamic B", "regs", "spill B", "forbidden", "cluster"]]
+    for (case, impl), g in df.groupby(["case", "impl"], sort=False):
+        vals = dict(zip(g["metric"], g["value"]))
+        status = next(iter(g["status"]))
+
+        def cell(metric: str, case=case, impl=impl, vals=vals) -> str:
+            v = vals.get(metric)
+            if v is None or math.isnan(v):
+                return ""
+            return str(int(v)) + ("!" if (case, impl, metric) in over else "")
+
+        status = status if len(status) <= 40 else status[:37] + "..."
+        if M.KERNELS in vals:
+            lines.append([case, impl, status, f"{M.fmt(vals[M.KERNELS])} kernel(s)", "", "", "", "", ""])
+            continue
+        lines.append(
+            [
+                case,
+                impl,
+                status,
+                cell(M.SHARED_BYTES),
+                cell(M.DYNAMIC_SHARED_BYTES),
+                cell(M.REGISTERS),
+                cell(M.SPILL_BYTES),
+                cell(M.FORBIDDEN_INSTRUCTIONS),
+                cell(M.CLUSTER_LAUNCHES),
+            ]
+        )
+    widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
+    return text + ("\n(! = over its ceiling)" if over else "")
+
+
+def serving_summary(m: pd.DataFrame) -> str:
+    """GSM8K per tool with its interval, then tok/s and median TTFT/ITL per sweep point."""
+    lines = []
+    out = m[m["metric"] == M.OUTCOME]
+    failed = out[(out["suite"].isin(["accuracy", "perf"])) & (out["status"] != "ok")]
+    acc = m[(m["metric"] == M.GSM8K_ACC) & (m["status"] == "ok")]
+    if len(acc):
+        lines.append(f"{'GSM8K':<28} {'accuracy':>9} {'95% interval':>16} {'n':>6}")
+        for case, v, detail in zip(acc["case"], acc["value"], acc["detail"]):
+            d = json.loads(detail or "{}")  # the interval is stored with the row (harness/serving.py)
+            ci = "{:.3f}-{:.3f}".format(*d["wilson95"]) if d.get("wilson95") else "-"
+            lines.append(f"{case:<28} {v:>9.3f} {ci:>16} {d.get('n') or '-':>6}")
+    perf = m[(m["suite"] == "perf") & (m["status"] == "ok")]
+    if len(perf):
+        piv = perf.pivot_table(index="case", columns="metric", values="value", aggfunc="first")
+        order = sorted(piv.index, key=lambda c: (c.rsplit("/", 1)[0], int(c.rsplit("/c", 1)[1])))
+        lines.append(f"\n{'point':<32} {'out tok/s':>10} {'req/s':>8} {'TTFT ms':>9} {'ITL ms':>8} {'repeats':>7}")
+        for case in order:
+            r = piv.loc[case]
+            reps = perf[(perf["case"] == case) & (perf["metric"] == M.OUTPUT_TOK_S)]["samples"].iloc[0]
+            lines.append(
+                f"{case:<32} {M.fmt(r.get(M.OUTPUT_TOK_S)):>10} {M.fmt(r.get(M.REQUEST_S)):>8} "
+                f"{M.fmt(r.get(M.latency('ttft', 'median'))):>9} {M.fmt(r.get(M.latency('itl', 'median'))):>8} "
+                f"{len(reps):>7}"
+            )
+    for case, detail in zip(failed["case"], failed["detail"]):
+        lines.append(f"FAILED {case}: {str(detail)[:300]}")
+    return "\n".join(lines) if lines else "no serving measurement"

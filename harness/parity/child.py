@@ -1,0 +1,180 @@
+"""A worker, the child side of harness/workers/worker.py: load the op file, build (or load) each case's
+inputs, run the path, write its outputs, time it where asked, and report each case on stdout as one JSON
+object a line. Anything the kernels print goes to the worker log (stderr).
+
+    python -m harness.parity.child JOB.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from harness.parity.catalogue import load_op_file
+from harness.parity.inputs import load_or_build, to_device
+from harness.parity.roofline import time_cpu, time_cuda
+from harness.results.metrics import ORACLE
+from harness.workers import jit_capture, sglang_src, tilelang_capture, triton_capture
+from harness.workers.environment import Unavailable, missing_module
+from harness.workers.forkserver import learnable
+from harness.workers.sglang_src import SGL_KERNEL_CALLS
+from harness.workers.worker import Job, output_file
+
+
+def _watch_parent() -> None:
+    """Exit when the parent is gone (a killed harness must not leave workers holding a GPU)."""
+    parent = os.getppid()
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(path, inputs, case, timing: dict, device: str) -> dict:
+    try:
+        fn = path.timed(inputs, case) if path.timed else (lambda: path.run(inputs, case))
+        if device == "cuda":
+            t = time_cuda(fn, repeats=timing["repeats"], warmup=timing["warmup"], cuda_graph=timing["cuda_graph"])
+        else:
+            t = time_cpu(fn, repeats=timing["repeats"], warmup=timing["warmup"])
+        return {"timing": {"samples_us": t.samples_us, "mode": t.mode}}
+    except Exception as exc:  # the drift is measured already; a timing that fails is said, not fatal
+        traceback.print_exc()
+        return {"timing_error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000]}
+
+
+def _where(exc: BaseException) -> str:
+    """The frame that raised `exc` (a bare `KeyError: 'sglang'` says nothing of where it came from)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    return f"{tb[-1].filename}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
+
+
+def child(job_file: str) -> int:
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever the kernels print lands in the log, not in the protocol
+
+    def emit(**ev) -> None:
+        proto.write(json.dumps(ev, default=str) + "\n")
+        proto.flush()
+
+    threading.Thread(target=_watch_parent, daemon=True).start()
+    job = Job(**json.loads(Path(job_file).read_text()))
+
+    sglang_src.on_import = lambda what: emit(event="importing", module=what)
+    triton_capture.install_from_env()
+    jit_capture.install_from_env()
+    tilelang_capture.install_from_env()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    op = load_op_file(Path(job.op_file))
+    path = op.paths[job.path]
+    cases = op.cases()
+    if job.device == "cuda":
+        torch.empty(1, device="cuda")  # create the context now: its seconds are not a case's
+    emit(event="ready")
+    imported = set(sys.modules)
+    inputs_dir = Path(job.inputs_dir or job.outdir)
+    for i, name in enumerate(job.cases):
+        emit(event="start", case=name)
+        SGL_KERNEL_CALLS.clear()
+        t0 = time.perf_counter()
+        wall: dict = {}
+        try:
+            inputs, dig, hit = load_or_build(op.module, op.name, cases[name], job.seed, inputs_dir)
+            dev_inputs = to_device(inputs, job.device)
+            _sync(job.device)
+            t1 = time.perf_counter()
+            wall.update(inputs_s=t1 - t0, input_cache="hit" if hit else "built")
+            outputs = path.run(dev_inputs, cases[name])
+            _sync(job.device)
+            t2 = time.perf_counter()
+            seconds = t2 - t0
+            wall["call_s"] = t2 - t1
+            out = {k: v.detach().cpu().clone() for k, v in outputs.items()}  # clone: no shared storage
+            target = output_file(job.outdir, name, job.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            save_file(out, str(tmp))
+            os.replace(tmp, target)
+            del outputs, out
+            # a second call, to tell the first call's JIT, autotuning and lazy imports from the call
+            # itself; on the CPU nothing is compiled, so only a worker's first case (its imports) is;
+            # the oracle is plain PyTorch
+            # (not under the audit's capture: it would record every launch twice)
+            if path.name != ORACLE and (job.device == "cuda" or i == 0) and not os.environ.get(triton_capture.ENV):
+                wall.update(_steady(path, dev_inputs, cases[name], job.device))
+            detail = {}
+            timed_here = job.device == "cuda" or job.timing and job.timing.get("on_cpu")
+            if job.timing and timed_here and path.name != ORACLE:  # the oracle is not a kernel
+                t3 = time.perf_counter()
+                detail = _time(path, dev_inputs, cases[name], job.timing, job.device)
+                wall["timing_s"] = time.perf_counter() - t3
+            detail["wall"] = wall
+            if SGL_KERNEL_CALLS:  # SGLang caught the stand-in's error and went on: say so beside the figure
+                detail["sgl_kernel_absent_calls"] = sorted(set(SGL_KERNEL_CALLS))
+            emit(event="result", case=name, status="ok", seconds=seconds, digest=dig, detail=detail)
+        except Unavailable as exc:
+            emit(event="result", case=name, status=f"skipped({exc})", seconds=time.perf_counter() - t0)
+        except Exception as exc:  # a failing kernel is a measurement, not the end of the run
+            traceback.print_exc()
+            missing = missing_module(exc)
+            if missing:  # the host lacks a package of the path's import chain: not the path's fault
+                emit(event="result", case=name, status=f"skipped({missing})", seconds=time.perf_counter() - t0)
+                continue
+            emit(
+                event="result",
+                case=name,
+                status="failed",
+                seconds=time.perf_counter() - t0,
+                detail={
+                    "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000],
+                    "raised_at": _where(exc),
+                    "wall": wall,
+                },
+            )
+            if job.device == "cuda" and "CUDA" in str(exc):
+                # a sticky CUDA error poisons the context: let a fresh worker take the next case
+                return 0
+        finally:
+            if job.device == "cuda":
+                torch.cuda.empty_cache()
+        if i == 0 and job.modules_file:
+            _report_modules(job.modules_file, imported, emit)
+    return 0
+
+
+def _steady(path, inputs, case, device: str) -> dict:
+    """The second call's seconds, and the first call's excess over it (JIT, autotuning, imports)."""
+    try:
+        t0 = time.perf_counter()
+        path.run(inputs, case)
+        _sync(device)
+        return {"steady_call_s": time.perf_counter() - t0}
+    except Exception as exc:  # the result is measured already; say why the split is missing
+        return {"steady_error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]}
+
+
+def _report_modules(file: str, before: set[str], emit) -> None:
+    names = sorted(m for m in set(sys.modules) - before if learnable(m))
+    try:
+        Path(file).write_text(json.dumps(names))
+    except OSError:
+        return
+    emit(event="modules", file=file)
+
+
+if __name__ == "__main__":
+    raise SystemExit(child(sys.argv[1]))

@@ -1,0 +1,66 @@
+"""The op API: the one module an op file in `kernels/` imports. What an op file declares is described in
+harness/parity/contract.py; this module gives it that vocabulary and the helpers every op file would
+otherwise write again, so that the engine's inside can move without touching `kernels/`.
+
+    from harness.parity import op
+    from harness.parity.op import ORACLE, Case, Metric, Path, Unavailable
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path as FilePath
+from types import ModuleType
+from typing import Any
+
+from harness.parity import deepgemm, dsv4
+from harness.parity.catalogue import load_module
+from harness.parity.contract import Case, Path, Tensors
+from harness.parity.drift import Metric, calc_diff, worst_row_calc_diff
+from harness.results.metrics import ORACLE
+from harness.workers.environment import Unavailable
+from harness.workers.sglang_src import import_module, load_by_path, require_root
+from harness.workers.triton_capture import capturing, keep_first_config
+
+__all__ = [
+    "ORACLE", "SM90", "SM100", "SM120", "Case", "Metric", "Path", "Tensors", "Unavailable",
+    "calc_diff", "case_maker", "capturing", "deepgemm", "dsv4", "import_module", "interpreted",
+    "keep_first_config", "load_by_path", "load_module", "require", "require_root", "sibling", "worst_row_calc_diff",
+]  # fmt: skip
+
+# exact compute capabilities, as Path.archs takes them: (12, 0) is not "at least (10, 0)"
+SM90 = ((9, 0),)
+SM100 = ((10, 0), (10, 3))
+SM120 = ((12, 0), (12, 1))  # RTX PRO 6000 / RTX 50xx (12.0) and DGX Spark (12.1)
+
+
+def case_maker(**defaults: Any) -> Callable[..., Case]:
+    """The op file's case constructor, `case(name, tags, **params)`: its parameters over `defaults`. A
+    parameter the defaults do not name is taken as given (a case of its own kind)."""
+
+    def case(name: str, tags: Iterable[str] = (), **params: Any) -> Case:
+        return Case(name, {**defaults, **params}, frozenset(tags))
+
+    return case
+
+
+def interpreted() -> bool:
+    """Triton kernels run under its interpreter here (no GPU): a path adjusts what the interpreter
+    cannot do as a GPU would (one autotune config, no device-name lookups)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def require(module: str, why: str = "") -> ModuleType:
+    """Import `module`, or raise Unavailable naming it: the path is skipped with that reason."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise Unavailable(f"{module.split('.')[0]} is not installed ({why or exc})") from exc
+
+
+def sibling(this_file: str, stem: str) -> ModuleType:
+    """Another op file of the same folder (`sibling(__file__, "mhc_sinkhorn")`), to reuse its inputs
+    or its oracle."""
+    return load_module(FilePath(this_file).resolve().parent / f"{stem}.py")
