@@ -21,6 +21,7 @@ import torch
 
 from harness import limits
 from harness.audit.suite import run_audit
+from harness.cache import CacheDir
 from harness.cache import locate as locate_cache
 from harness.content import content_dir
 from harness.fingerprint import fingerprint, redact, sglang_git
@@ -36,6 +37,7 @@ from harness.results.store import Run, RunWriter, StoreError, latest, load_run, 
 from harness.serving.gsm8k import DataError
 from harness.serving.server import ServerConfigError, ServerError, check_url
 from harness.serving.suite import run_serving
+from harness.workers.environment import scoped_environ
 from harness.workers.executor import Slots
 from harness.workers.schedule import previous_seconds
 from harness.workers.worker import kill_all
@@ -191,7 +193,7 @@ def execute(request: Request) -> Outcome:
     """Run what `request` asks into its store and return the finished run. Raises UsageError (nothing
     written) or InfraError (the store cannot be written); anything measured is kept."""
     plan = _plan(request)
-    profile, selections, say = plan.profile, plan.selections, request.say
+    profile, selections = plan.profile, plan.selections
     mode = AUDIT if request.what == AUDIT else "kernels"  # the suite the selections' rows go to
     fp = fingerprint()
     run_limits = limits.for_profile(profile, selections, audit=request.what == AUDIT, serving=plan.serving)
@@ -202,34 +204,41 @@ def execute(request: Request) -> Outcome:
         writer, done = _writer(request, plan, fp, run_limits, suites)
     except (StoreError, OSError) as exc:
         raise InfraError(str(exc)) from exc
-    total = sum(len(s.cases) * (len(s.goldens) + len(s.impls)) for s in selections)
-    progress = Progress(total, say)
-    devices = _devices(plan.has_gpu)
+    cache = locate_cache((profile.kernels or KernelsConfig()).cache_dir)
+    with scoped_environ(cache.env()):  # every worker, and the audit's compiler, inherit it
+        code = _run_suites(request, plan, mode, fp, writer, done, cache)
+    return _judge(request, plan, mode, writer, code)
+
+
+def _run_suites(
+    request: Request, plan: _Plan, mode: str, fp: dict, writer: RunWriter, done: set[str], cache: CacheDir
+) -> int:
+    """The suites, into the writer; the run is closed `complete`, or `interrupted` by ^C or SIGTERM."""
+    profile, selections, say = plan.profile, plan.selections, request.say
     k = profile.kernels or KernelsConfig()
+    devices = _devices(plan.has_gpu)
     per_device = int(os.environ.get("SM120_HARNESS_SLOTS") or k.slots)
     slots = Slots(
         capability=tuple(torch.cuda.get_device_capability(0)) if plan.has_gpu else None,
         devices=[d for _ in range(per_device) for d in devices],  # round robin: slot i on device i mod n
         timeout_s=k.timeout_s,
     )
-    cache = locate_cache(k.cache_dir)
-    os.environ.update(cache.env())  # every worker, and the audit's compiler, inherit it
     writer.manifest["cache"] = {"root": str(cache.root), "from": cache.source, "before": cache.usage()}
+    total = sum(len(s.cases) * (len(s.goldens) + len(s.impls)) for s in selections)
     goldens_only = request.what == GOLDENS
     gpu_name = torch.cuda.get_device_name(0) if plan.has_gpu else None
+    shared_cpu = not plan.has_gpu and len(slots.devices) > 1
     settings = Settings(
         slots=slots,
         seed=k.seed,
-        on_result=progress.result,
+        on_result=Progress(total, say).result,
         golden_dir=None if goldens_only else (request.golden_dir or content_dir("golden")),
         golden_source="live" if goldens_only else request.golden_source,
         keep_outputs=request.keep_outputs,
         timing=None if goldens_only else k.timing,
         gpu_name=gpu_name,
         inputs_dir=cache.inputs,
-        threads=max(1, (os.cpu_count() or 1) // len(slots.devices))
-        if not plan.has_gpu and len(slots.devices) > 1
-        else None,
+        threads=max(1, (os.cpu_count() or 1) // len(slots.devices)) if shared_cpu else None,
         previous=_previous(request.store, profile.name, fp, mode),
     )
     where = f"{len(devices)} x {gpu_name}" if plan.has_gpu else "CPU, Triton interpreter"
@@ -248,16 +257,9 @@ def execute(request: Request) -> Outcome:
         elif selections:
             run_kernels(selections, writer, settings)
         if plan.serving and not slots.cancelled.is_set():
+            serving = dict(server_url=request.server_url, data_dir=request.data_dir, done=done, say=say)
             try:
-                run_serving(
-                    profile,
-                    writer,
-                    server_url=request.server_url,
-                    data_dir=request.data_dir,
-                    done=done,
-                    cancelled=slots.cancelled,
-                    say=say,
-                )
+                run_serving(profile, writer, cancelled=slots.cancelled, **serving)
             except (ServerConfigError, DataError) as exc:
                 say(f"sm120-harness: error: {exc}")
                 code = EXIT_USAGE
@@ -275,7 +277,12 @@ def execute(request: Request) -> Outcome:
         if settings.schedule:
             writer.manifest["schedule"] = settings.schedule
         writer.finish(status)
+    return code
 
+
+def _judge(request: Request, plan: _Plan, mode: str, writer: RunWriter, code: int) -> Outcome:
+    """The finished run judged by its limits, its page rendered and published, the summary said."""
+    say = request.say
     run = load_run(writer.dir)
     over = judge.breaches(run, limits.of_run(run, kernels_dir=request.kernels_dir))
     page = str(render_run(run, over, writer.artifacts / "report.html"))
@@ -285,7 +292,7 @@ def execute(request: Request) -> Outcome:
         except StoreError as exc:
             say(f"sm120-harness: error: {exc}")
             code = EXIT_INFRA
-    if selections:
+    if plan.selections:
         say("\n" + (audit_summary if mode == AUDIT else summary)(run.measurements, over))
         spent = walltime.text(run.measurements, run.manifest.get("schedule"))
         if spent:
@@ -297,4 +304,4 @@ def execute(request: Request) -> Outcome:
         code = EXIT_GATE
         say(f"\n{len(over)} measurement(s) over a ceiling, {len(broken)} path x case failed")
     say(f"page: {page}")
-    return Outcome(run=run, code=code, page=page, selections=selections, profile=profile)
+    return Outcome(run=run, code=code, page=page, selections=plan.selections, profile=plan.profile)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +48,7 @@ from harness.results.ceilings import breaches
 from harness.results.gate import Finding, GateConfig, gate
 from harness.results.store import FAILURES, new_run_id, now, save_bisect
 from harness.run import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, InfraError, Request, UsageError, execute
+from harness.workers.environment import scoped_environ
 from harness.workers.sglang_src import ENV
 
 GOOD, BAD, SKIP = "good", "bad", "skip"
@@ -275,22 +275,6 @@ class Checkout:
                 _git(self.top, "worktree", "prune")
 
 
-@contextlib.contextmanager
-def _environ(set_: dict[str, str], drop: tuple[str, ...]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in (*set_, *drop)}
-    os.environ.update(set_)
-    for k in drop:
-        os.environ.pop(k, None)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 # ------------------------------------------------------------------------------------------------ the search
 
 
@@ -318,7 +302,7 @@ class Bisect:
         with self.checkout.worktree(sha, workdir) as tree:
             env = {ENV: str(tree / self.checkout.package_dir), "SGLANG_GIT_COMMIT": sha, "SGLANG_GIT_MESSAGE": subject}
             # the branch of the checkout (detached) rather than the CI's, which names no commit of this range
-            with _environ(env, drop=("SGLANG_GIT_BRANCH", "GITHUB_HEAD_REF")):
+            with scoped_environ(env, drop=("SGLANG_GIT_BRANCH", "GITHUB_HEAD_REF")):
                 try:
                     outcome = execute(replace(self.request, tags=tags))
                 except (UsageError, InfraError) as exc:

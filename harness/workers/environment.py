@@ -10,8 +10,11 @@ losing a half-imported package, `KeyError: 'sglang'`) is the missing module's.""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
+from collections.abc import Iterator
 
 
 class Unavailable(Exception):
@@ -49,3 +52,21 @@ def drop_orphans(before: set[str]) -> None:
         parts = name.split(".")
         if any(".".join(parts[:i]) not in sys.modules for i in range(1, len(parts))):
             sys.modules.pop(name, None)
+
+
+@contextlib.contextmanager
+def scoped_environ(set_: dict[str, str], drop: tuple[str, ...] = ()) -> Iterator[None]:
+    """This process's environment with `set_` set and `drop` unset (what its workers inherit), restored
+    after."""
+    saved = {k: os.environ.get(k) for k in (*set_, *drop)}
+    os.environ.update(set_)
+    for k in drop:
+        os.environ.pop(k, None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
