@@ -8,47 +8,32 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import signal
 import sys
 from pathlib import Path
 
 from harness import jobs
+from harness import run as engine
 from harness.content import content_dir
 from harness.history.bisect import BisectError, StepError, bisect, summary
 from harness.pages.site import build as build_site
 from harness.results.compare import summary_counts, to_markdown
 from harness.results.store import StoreError, atomic_write, list_runs
-from harness.run import (
-    AUDIT,
-    EXIT_GATE,
-    EXIT_INFRA,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    RUN,
-    InfraError,
-    Outcome,
-    Request,
-    UsageError,
-    execute,
-)
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sm120-harness", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="sm120-harness", description="SGLang's DeepSeek-V4 paths on SM120, validated")
     sub = ap.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run a suite profile into the store (default: suites/smoke.toml into ./runs)")
+    store = argparse.ArgumentParser(add_help=False)  # every command reads or writes a store
+    store.add_argument("--store", default="runs", help="run store: a folder or an fsspec URL (default: ./runs)")
+    run = sub.add_parser("run", parents=[store], help="run a suite profile into the store (default: suites/smoke.toml)")
     run.add_argument("--suite", type=Path, help="profile TOML (default: suites/smoke.toml)")
-    run.add_argument("--store", default="runs", help="run store: a folder or an fsspec URL (default: ./runs)")
     run.add_argument("--kernels-dir", type=Path, help="folder of op files (default: kernels/)")
     run.add_argument("--only", help="comma-separated op names")
     run.add_argument("--json", action="store_true", help="print the run's manifest and measurements on stdout")
-    audit = sub.add_parser(
-        "audit", help="capture the Triton, JIT CUDA and TileLang kernels the SM120 paths launch; compile and check them"
-    )
+    audit = sub.add_parser("audit", help="the Triton, JIT CUDA and TileLang kernels of the SM120 paths, checked")
     golden = sub.add_parser("golden", help="stored goldens").add_subparsers(dest="golden_command", required=True)
     capture = golden.add_parser("capture", help="run the goldens of a profile where they run and store their outputs")
-    for a in run._actions[1:]:  # the same options as `run`
+    for a in run._actions[1:]:  # the same options as `run` (its --store included)
         audit._add_action(a)
         capture._add_action(a)
     capture.add_argument("--out", type=Path, required=True, help="golden folder to write (e.g. golden/)")
@@ -63,43 +48,45 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, help="folder with GSM8K's test.jsonl and train.jsonl (offline)")
     run.add_argument("--resume", metavar="RUN", help="continue this run: skip what it already measured")
     cmp = sub.add_parser(
-        "compare", help="compare two runs (id, folder, latest, latest:<profile>, SGLang commit prefix)"
+        "compare", parents=[store], help="compare two runs (id, folder, latest, latest:<profile>, commit)"
     )
     cmp.add_argument("baseline")
     cmp.add_argument("candidate")
-    cmp.add_argument("--store", default="runs")
     cmp.add_argument("--all", action="store_true", help="list unchanged rows too")
     cmp.add_argument("--json", action="store_true", help="every aligned row, as JSON on stdout")
     cmp.add_argument("--md", type=Path, help="write the changed rows as Markdown")
     cmp.add_argument("--html", type=Path, help="write the comparison as an HTML page")
-    gate = sub.add_parser("gate", help="fail a candidate run against a baseline and the profile's thresholds")
+    gate = sub.add_parser(
+        "gate", parents=[store], help="fail a candidate run against a baseline and the profile's thresholds"
+    )
     gate.add_argument("--baseline", required=True)
     gate.add_argument("--candidate", default="latest")
     gate.add_argument("--suite", type=Path, help="profile with the thresholds (default: the candidate's)")
-    gate.add_argument("--store", default="runs")
     gate.add_argument("--kernels-dir", type=Path)
-    report = sub.add_parser("report", help="render the store as a static site (runs, comparison, history)")
-    report.add_argument("--store", default="runs")
+    report = sub.add_parser(
+        "report", parents=[store], help="render the store as a static site (runs, comparison, history)"
+    )
     report.add_argument("--out", type=Path, help="site folder (default: <store>/site)")
     report.add_argument("--kernels-dir", type=Path)
-    nightly = sub.add_parser("nightly", help="run a profile's suites, audit, gate against the last nightly, site")
+    nightly = sub.add_parser(
+        "nightly", parents=[store], help="run a profile's suites, audit, gate against the last nightly, site"
+    )
     nightly.add_argument("--suite", type=Path, required=True)
-    nightly.add_argument("--store", default="runs")
     nightly.add_argument("--kernels-dir", type=Path)
     nightly.add_argument("--site", type=Path, help="site folder (default: <store>/site)")
     nightly.add_argument("--server-url", help="attach the serving suites to this running SGLang server")
     nightly.add_argument("--data-dir", type=Path, help="folder with GSM8K's test.jsonl and train.jsonl (offline)")
-    bis = sub.add_parser("bisect", help="find the first SGLang commit between GOOD and BAD that fails the gate")
+    bis = sub.add_parser(
+        "bisect", parents=[store], help="find the first SGLang commit between GOOD and BAD that fails the gate"
+    )
     bis.add_argument("good", help="a commit that passes")
     bis.add_argument("bad", help="a later commit that fails")
     bis.add_argument("--sglang-src", type=Path, required=True, help="git checkout of SGLang (or its python/ folder)")
     bis.add_argument("--suite", type=Path, help="kernel profile (default: suites/pr.toml)")
     bis.add_argument("--only", help="comma-separated op names")
-    bis.add_argument("--store", default="runs")
     bis.add_argument("--kernels-dir", type=Path)
     bis.add_argument("--json", action="store_true", help="the result and the steps as JSON on stdout")
-    runs = sub.add_parser("runs", help="list the runs of a store")
-    runs.add_argument("--store", default="runs")
+    runs = sub.add_parser("runs", parents=[store], help="list the runs of a store")
     runs.add_argument("--json", action="store_true")
     return ap
 
@@ -108,13 +95,13 @@ def _err(msg: str) -> None:
     print(f"sm120-harness: error: {msg}", file=sys.stderr)
 
 
-def _request(args) -> Request:
-    return Request(
+def _request(args) -> engine.Request:
+    return engine.Request(
         profile=args.suite,
         store=args.store,
         kernels_dir=args.kernels_dir,
         only=args.only.split(",") if args.only else None,
-        what=AUDIT if args.command == "audit" else RUN,
+        what=engine.AUDIT if args.command == "audit" else engine.RUN,
         golden_dir=getattr(args, "golden_dir", None),
         golden_source=getattr(args, "golden_source", "auto"),
         server_url=getattr(args, "server_url", None),
@@ -123,7 +110,7 @@ def _request(args) -> Request:
     )
 
 
-def _finished(outcome: Outcome, as_json: bool) -> int:
+def _finished(outcome: engine.Outcome, as_json: bool) -> int:
     outcome_json = {"run": outcome.run.manifest, "exit_code": outcome.code}
     if as_json:
         rows = json.loads(outcome.run.measurements.to_json(orient="records"))
@@ -135,11 +122,8 @@ def _finished(outcome: Outcome, as_json: bool) -> int:
 
 def cmd_run(args) -> int:
     if args.command == "golden":
-        outcome, stored = jobs.capture_goldens(_request(args), args.out)
-        if outcome.code != EXIT_INTERRUPTED:
-            print(f"stored {stored} golden output(s) in {args.out}", file=sys.stderr)
-        return _finished(outcome, args.json)
-    return _finished(execute(_request(args)), args.json)
+        return _finished(jobs.capture_goldens(_request(args), args.out), args.json)
+    return _finished(engine.execute(_request(args)), args.json)
 
 
 def cmd_compare(args) -> int:
@@ -154,13 +138,13 @@ def cmd_compare(args) -> int:
         page += f"<p>{html.escape(str(summary_counts(c.rows)))}</p>" + shown.to_html(index=False, na_rep="")
         atomic_write(args.html, (page + (f"<pre>{html.escape(c.moved)}</pre>" if c.moved else "")).encode())
     print(c.rows.to_json(orient="records") if args.json else (shown.to_string(index=False) if args.all else md))
-    return EXIT_OK
+    return engine.EXIT_OK
 
 
 def cmd_gate(args) -> int:
     result = jobs.gate_runs(args.store, args.baseline, args.candidate, args.suite, args.kernels_dir)
     print(result.markdown)
-    return EXIT_GATE if result.failing else EXIT_OK
+    return engine.EXIT_GATE if result.failing else engine.EXIT_OK
 
 
 def cmd_nightly(args) -> int:
@@ -184,9 +168,6 @@ def cmd_nightly(args) -> int:
 def cmd_bisect(args) -> int:
     """Exit: 0 the first bad commit named; 1 skipped commits left it one of several; 2 the range cannot
     be bisected (BAD passes, GOOD runs nothing, not a checkout); 3 a step could not run; 130 interrupted."""
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    # SIGTERM between steps ends the bisect like ^C: worktrees removed, the record marked interrupted
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         record = bisect(
             args.sglang_src,
@@ -196,22 +177,18 @@ def cmd_bisect(args) -> int:
             suite=args.suite or content_dir("suites") / "pr.toml",
             only=args.only.split(",") if args.only else None,
             kernels_dir=args.kernels_dir,
-            say=say,
         )
     except KeyboardInterrupt:
-        say("interrupted: the steps run so far are kept in the store")
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return engine.EXIT_INTERRUPTED
     print(json.dumps(record, default=str) if args.json else summary(record))
-    return EXIT_OK if record["first_bad"] else EXIT_GATE
+    return engine.EXIT_OK if record["first_bad"] else engine.EXIT_GATE
 
 
 def cmd_runs(args) -> int:
     runs = list_runs(args.store)
     if args.json:
         print(json.dumps([r.manifest for r in runs], indent=2, default=str))
-        return EXIT_OK
+        return engine.EXIT_OK
     for r in runs:
         fp = r.manifest.get("fingerprint", {})
         gpu = (fp.get("gpu") or {}).get("names") or ["cpu"]
@@ -220,12 +197,12 @@ def cmd_runs(args) -> int:
         print(
             f"{r.run_id}  {r.manifest.get('started_at', '?')}  {r.status:<11}  sglang {commit:<10}  {gpu[0]}  {profile}"
         )
-    return EXIT_OK
+    return engine.EXIT_OK
 
 
 def cmd_report(args) -> int:
     print(build_site(args.store, args.out or jobs.default_site(args.store), args.kernels_dir))
-    return EXIT_OK
+    return engine.EXIT_OK
 
 
 COMMANDS = {
@@ -247,17 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(["run", *(argv or [])])
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, BisectError) as exc:
+    except (engine.UsageError, BisectError) as exc:
         _err(str(exc))
-        return EXIT_USAGE
-    except (InfraError, StepError) as exc:
+        return engine.EXIT_USAGE
+    except (engine.InfraError, StepError) as exc:
         _err(str(exc))
-        return EXIT_INFRA
+        return engine.EXIT_INFRA
     except StoreError as exc:  # a run or store named on the command line that is not there
         _err(str(exc))
-        return EXIT_INFRA if args.command == "bisect" else EXIT_USAGE
+        return engine.EXIT_INFRA if args.command == "bisect" else engine.EXIT_USAGE
     except BrokenPipeError:
-        return EXIT_OK
+        return engine.EXIT_OK
 
 
 if __name__ == "__main__":

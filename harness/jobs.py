@@ -36,6 +36,7 @@ from harness.run import (
     Request,
     UsageError,
     execute,
+    to_stderr,
 )
 
 
@@ -107,14 +108,14 @@ def gate_runs(
     return GateResult(findings, md)
 
 
-def capture_goldens(request: Request, out: Path) -> tuple[Outcome, int]:
+def capture_goldens(request: Request, out: Path) -> Outcome:
     """Run the profile's goldens where they run and store their outputs in `out` (safetensors with a
-    manifest and sha256, harness/parity/goldens.py); returns the run and how many outputs were stored."""
+    manifest and sha256, harness/parity/goldens.py)."""
     with tempfile.TemporaryDirectory(prefix="sm120-harness-capture-") as outputs:
         request.what, request.keep_outputs = GOLDENS, Path(outputs)
         outcome = execute(request)
         if outcome.code == EXIT_INTERRUPTED:
-            return outcome, 0
+            return outcome
         m, seed = outcome.run.measurements, (outcome.profile.kernels or KernelsConfig()).seed
         wanted = {(s.op.name, g) for s in outcome.selections for g in (s.listed_goldens or s.goldens)}
         stored = 0
@@ -134,7 +135,8 @@ def capture_goldens(request: Request, out: Path) -> tuple[Outcome, int]:
                 fingerprint=outcome.run.manifest["fingerprint"],
             )
             stored += 1
-    return outcome, stored
+    request.say(f"stored {stored} golden output(s) in {out}")
+    return outcome
 
 
 @dataclass
@@ -162,7 +164,7 @@ def nightly(
         profile = load_profile(profile_file)
     except (ProfileError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
-    say = say or Request().say
+    say = say or to_stderr
     common = dict(profile=profile, store=store, kernels_dir=kernels_dir, say=say)
     before = {r.run_id for r in list_runs(store)}
     result = Nightly()

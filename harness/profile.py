@@ -271,7 +271,7 @@ def _perf(file: Path, t: Any) -> PerfConfig:
 
 def _detects(file: Path, where: str, repeats: int) -> None:
     """Repeats too few for a comparison ever to tell a change from noise are an error, not a gate that
-    cannot fail (harness/compare.py: the significance test, else its fallback rule)."""
+    cannot fail (harness/results/compare.py: the significance test, else its fallback rule)."""
     if repeats < M.FALLBACK_SAMPLES:
         need = M.fewest_samples(M.MANN_WHITNEY)
         raise _err(

@@ -54,7 +54,7 @@ class InfraError(Exception):
     """The machine cannot run it: the store cannot be written (exit 3); nothing was measured."""
 
 
-def _stderr(text: str) -> None:
+def to_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
@@ -74,7 +74,7 @@ class Request:
     data_dir: Path | None = None  # GSM8K's files, for offline runners
     resume: str | None = None  # a run to continue: what it measured is kept
     tags: dict = field(default_factory=dict)  # added to the run's manifest (a bisect's step says so)
-    say: Callable[[str], None] = _stderr  # progress and messages, for a person
+    say: Callable[[str], None] = to_stderr  # progress and messages, for a person
 
 
 @dataclass

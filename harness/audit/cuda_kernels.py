@@ -1,6 +1,6 @@
 """The SM120 audit of SGLang's JIT CUDA kernels, on a machine without a GPU.
 
-For each module a path built (harness/jit_capture.py records SGLang's own `build.ninja` for it, with
+For each module a path built (harness/workers/jit_capture.py records SGLang's own `build.ninja` for it, with
 the target and template arguments of a compute capability 12.0 host), SGLang's build is run as
 written, with one change at the link: the module is linked against harness/cuda_launch_recorder.cpp
 instead of libcudart. Then:

@@ -1,5 +1,5 @@
 """The SM120 audit of TileLang kernels, without a GPU: each `@tilelang.jit` function a path built
-(harness/tilelang_capture.py records it with its arguments and jit options) is lowered again by the
+(harness/workers/tilelang_capture.py records it with its arguments and jit options) is lowered again by the
 installed tilelang for the target `{"kind": "cuda", "arch": "sm_120a"}`, and its CUDA source compiled
 to a cubin with TileLang's own nvcc options.
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -47,7 +48,7 @@ from harness.results import metrics as M
 from harness.results.ceilings import breaches
 from harness.results.gate import Finding, GateConfig, gate
 from harness.results.store import FAILURES, new_run_id, now, save_bisect
-from harness.run import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, InfraError, Request, UsageError, execute
+from harness.run import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, InfraError, Request, UsageError, execute, to_stderr
 from harness.workers.environment import scoped_environ
 from harness.workers.sglang_src import ENV
 
@@ -404,7 +405,7 @@ def bisect(
     suite: Path,
     only: list[str] | None = None,
     kernels_dir: Path | None = None,
-    say: Callable[[str], None] = lambda s: None,
+    say: Callable[[str], None] = to_stderr,
 ) -> dict:
     """Bisect GOOD..BAD of the SGLang checkout `src` with the kernel profile `suite` (see the module
     docstring); returns the record, also written to the store. Raises BisectError or StepError;
@@ -446,16 +447,20 @@ def bisect(
             "steps": [],
         },
     )
+    # SIGTERM between steps ends the bisect like ^C: worktrees removed, the record marked interrupted
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         b.search(good_sha, bad_sha, history)
         b.record["status"] = "complete"
     except KeyboardInterrupt:
         b.record["status"] = "interrupted"
+        say("interrupted: the steps run so far are kept in the store")
         raise
     except (BisectError, StepError) as exc:
         b.record.update(status="error", error=str(exc))
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         b.record["ended_at"] = now()
         b.save()
     return b.record

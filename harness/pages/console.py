@@ -122,7 +122,7 @@ def serving_summary(m: pd.DataFrame) -> str:
     if len(acc):
         lines.append(f"{'GSM8K':<28} {'accuracy':>9} {'95% interval':>16} {'n':>6}")
         for case, v, detail in zip(acc["case"], acc["value"], acc["detail"]):
-            d = json.loads(detail or "{}")  # the interval is stored with the row (harness/serving.py)
+            d = json.loads(detail or "{}")  # the interval is stored with the row (harness/serving/suite.py)
             ci = "{:.3f}-{:.3f}".format(*d["wilson95"]) if d.get("wilson95") else "-"
             lines.append(f"{case:<28} {v:>9.3f} {ci:>16} {d.get('n') or '-':>6}")
     perf = m[(m["suite"] == "perf") & (m["status"] == "ok")]

@@ -3,7 +3,7 @@ plots (matplotlib images). Run metadata (commit messages, branch names) is untru
 is autoescaped.
 
     <out>/index.html             runs, newest first; history; the latest run against the one before it
-    <out>/runs/<run_id>.html     one page per run (harness/page.py)
+    <out>/runs/<run_id>.html     one page per run (harness/pages/run_page.py)
     <out>/bisects/<id>.html      one page per bisect: its result and steps, linked to their runs
     <out>/img/*.png              drift per op x path over runs; kernel time over runs; % of roofline
 """

@@ -1,4 +1,4 @@
-"""Where a kernel run's seconds went, per (op, path): the wall_<part>_s rows harness/parity.py stores,
+"""Where a kernel run's seconds went, per (op, path): the wall_<part>_s rows harness/parity/suite.py stores,
 as a table for the console and the run page."""
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ identical inputs) is judged by its threshold alone. Where the samples are too fe
 reach ALPHA (3 repeats a side: Mann-Whitney's least p is 0.081), the change counts only if the two
 runs' samples do not overlap at all, and the reason says so; a change past its threshold that this
 rule does not confirm is `same`, its reason marked "~" (as asv marks a change it cannot confirm). A
-figure derived from a timing (harness/metrics.py) takes that timing's verdict. Thresholds and tests
-per metric: harness/metrics.py."""
+figure derived from a timing (harness/results/metrics.py) takes that timing's verdict. Thresholds and tests
+per metric: harness/results/metrics.py."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ NONFINITE_MISMATCH, RMSE, RMSE_RATIO = "nonfinite_mismatch", "rmse", "rmse_ratio
 SHARED_BYTES, REGISTERS, SPILL_BYTES = "shared_bytes", "registers", "spill_bytes"
 FORBIDDEN_INSTRUCTIONS, KERNELS = "forbidden_instructions", "kernels"
 DYNAMIC_SHARED_BYTES, CLUSTER_LAUNCHES = "dynamic_shared_bytes", "cluster_launches"
-# where a kernel run's seconds went, per (op, path): wall_total_s and its parts (harness/parity.py)
+# where a kernel run's seconds went, per (op, path): wall_total_s and its parts (harness/parity/suite.py)
 WALL_PARTS = ("startup", "inputs", "jit", "call", "timing", "drift")
 
 
@@ -85,7 +85,7 @@ def latency(what: str, stat: str) -> str:
     return f"{LATENCIES[what]}_{stat}"
 
 
-# the standard drift against a reference (harness/drift.py), the columns of the summary and the page
+# the standard drift against a reference (harness/parity/drift.py), the columns of the summary and the page
 STANDARD_DRIFT = (CALC_DIFF, WORST_ROW_CALC_DIFF, MAX_ABS, FRAC_OUTSIDE_TOL, COSINE, MAX_REL, NONFINITE_MISMATCH, RMSE)
 
 _DRIFT = dict(family=DRIFT, change=1.0, floor=1e-9, ceiling=True)  # twice as large (or half) is a change

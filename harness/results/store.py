@@ -385,7 +385,7 @@ def resolve_run(store: str | Path, ref: str) -> Run:
     return match[0]
 
 
-BISECTS = "bisects"  # <store>/bisects/<id>.json: a bisect's steps and result (harness/bisect.py)
+BISECTS = "bisects"  # <store>/bisects/<id>.json: a bisect's steps and result (harness/history/bisect.py)
 
 
 def save_bisect(store: str | Path, record: dict) -> str:

@@ -1,7 +1,7 @@
 """Telling an environment problem in a path from a real error in it.
 
 A module of the path's import chain that is not installed (`tilelang`, `openai`, a package its
-fallback imports; `sgl_kernel` on CUDA has a stand-in, harness/sglang_src.py) is the host's problem:
+fallback imports; `sgl_kernel` on CUDA has a stand-in, harness/workers/sglang_src.py) is the host's problem:
 the path is `skipped(<module> not installed: ...)`, naming the module. A module that is missing from
 a package that is installed (SGLang importing a file of its own that does not exist), and every other
 exception, is the path's: `failed`.

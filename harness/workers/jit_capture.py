@@ -8,7 +8,7 @@ functions record their arguments (a tensor by shape, strides and dtype). The JIT
 compute capability 12.0 first, so the template arguments and flags are those of an SM120 host
 (`is_arch_support_pdl()`, `-DSGL_CUDA_ARCH=1200`, SGLang's own `sm_120` target suffix).
 
-Installed in a worker beside harness/triton_capture.py when `SM120_HARNESS_CAPTURE` names a file;
+Installed in a worker beside harness/workers/triton_capture.py when `SM120_HARNESS_CAPTURE` names a file;
 one JSON object per module build and per call, `"kind": "cuda"`."""
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Recording the TileLang kernels a path builds, for the SM120 audit: which `@tilelang.jit` function,
 with which arguments (the block sizes SGLang picked) and which jit options (pass configs, out_idx).
-The path gets a kernel that records its call and runs nothing; harness/tilelang_audit.py lowers the
+The path gets a kernel that records its call and runs nothing; harness/audit/tilelang_kernels.py lowers the
 same function for SM120 later, without a GPU.
 
-Installed in a worker beside harness/triton_capture.py when `SM120_HARNESS_CAPTURE` names a file and
+Installed in a worker beside harness/workers/triton_capture.py when `SM120_HARNESS_CAPTURE` names a file and
 tilelang is installed; one JSON object per kernel built, `"kind": "tilelang"`."""
 
 from __future__ import annotations
