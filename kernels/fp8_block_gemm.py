@@ -39,13 +39,21 @@ weight block's scale or columns stands out there even at M 1 and N 32768, where 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-from harness.parity.drift import Metric
-from harness.parity.op import ORACLE, Case, Path, Unavailable
-from harness.workers.sglang_src import import_module
+from harness.parity.op import (
+    ORACLE,
+    SM120,
+    Case,
+    Metric,
+    Path,
+    Unavailable,
+    case_maker,
+    deepgemm,
+    import_module,
+    interpreted,
+)
 
 OP = "fp8_block_gemm"
 # Exactly quantizable inputs (see above): bf16 output rounding and fp32 accumulation are all the
@@ -57,7 +65,6 @@ TOLERANCE = (1e-2, 1e-2)
 CEILINGS = {"worst_tile_calc_diff": 5e-5}  # as worst_row_calc_diff: 5x the bf16 global ceiling
 BLOCK = 128
 FP8_MAX = 448.0
-SM120 = ((12, 0), (12, 1))
 
 # DeepSeek-V4-Flash (deepseek_v4.py:1095-1165; hidden 4096, q_lora 1024, 64 heads x 512, o_groups 8 x
 # o_lora 1024, shared expert intermediate 2048): name -> (K, N)
@@ -76,18 +83,17 @@ MS = (1, 8, 64, 512, 4096)
 MAX_OUTPUT = 1 << 24  # M*N cap: the fp64 oracle's output and the drift metrics stay ~100 MB
 
 
-def _case(name: str, tags: set[str], M: int, K: int, N: int) -> Case:
-    return Case(name, {"M": M, "K": K, "N": N}, frozenset(tags))
+_case = case_maker()  # _case(name, tags, M=, K=, N=)
 
 
 def cases() -> list[Case]:
     out = [
-        _case("tiny_m3_k256_n256", {"tiny"}, 3, 256, 256),
-        _case("tiny_m1_k512_n128", {"tiny"}, 1, 512, 128),
+        _case("tiny_m3_k256_n256", {"tiny"}, M=3, K=256, N=256),
+        _case("tiny_m1_k512_n128", {"tiny"}, M=1, K=512, N=128),
         # N not a multiple of 128: CUTLASS cannot take it, SGLang falls back to Triton
-        _case("tiny_m5_k384_n200", {"tiny"}, 5, 384, 200),
+        _case("tiny_m5_k384_n200", {"tiny"}, M=5, K=384, N=200),
         # K not a multiple of 128: only the pre-quantized Triton GEMM takes it (the quantizer asserts)
-        _case("tiny_m4_k320_n256", {"tiny"}, 4, 320, 256),
+        _case("tiny_m4_k320_n256", {"tiny"}, M=4, K=320, N=256),
     ]
     # Grid: every shape at M 1, 8, 64, 512, 4096 (decode to prefill chunk) within MAX_OUTPUT, the
     # unfused wq_a/wkv only at 1, 64, 512; and M 256 twice, for CUTLASS's 128x64 swapAB tile (its
@@ -97,7 +103,7 @@ def cases() -> list[Case]:
         ms += (256,) if shape in ("wqkv_a", "wo_b") else ()
         for M in sorted(ms):
             if M * N <= MAX_OUTPUT:
-                out.append(_case(f"{shape}_m{M}", {"flash"}, M, K, N))
+                out.append(_case(f"{shape}_m{M}", {"flash"}, M=M, K=K, N=N))
     return out
 
 
@@ -196,7 +202,7 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
 
 def _gemm_module():
     mod = import_module("sglang.kernels.ops.gemm.fp8_kernel")
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreted():
         # the tuned-config lookup reads the CUDA device name; NVIDIA GPUs have no tuned file for
         # these (N, K) either, so the default config it falls back to is the one that runs there
         mod.get_w8a8_block_fp8_configs = lambda *args: None
@@ -259,8 +265,6 @@ def _deepgemm_call(t: dict, case: Case):
     """DeepGEMM's block FP8 GEMM as its tests call it: fp32 scales, per token [M, K/128] and per block
     [N/128, K/128]; SM90's 1D2D kernel takes them as fp32, SM100/SM120 cast them to UE8M0 (exact here:
     they are powers of two)."""
-    from harness.parity import deepgemm
-
     dg = deepgemm.load()
     M, K, N = (case.params[k] for k in ("M", "K", "N"))
     if K % BLOCK or N % 64:

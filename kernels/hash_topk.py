@@ -39,9 +39,7 @@ from types import SimpleNamespace
 
 import torch
 
-from harness.parity.drift import Metric
-from harness.parity.op import ORACLE, Case, Path
-from harness.workers.sglang_src import import_module, load_by_path
+from harness.parity.op import ORACLE, Case, Metric, Path, case_maker, import_module, load_by_path
 
 OP = "hash_topk"
 DTYPE = "fp32"
@@ -56,8 +54,7 @@ UNDERFLOW_SUM = 1e-30  # exact routed score sum under which a row is one fp32 ca
 TAILS = {"cancel": (-16.0, -8.0), "deep": (-30.0, -18.0), "underflow": (-400.0, -200.0), "huge": (20.0, 80.0)}
 
 
-def _case(name: str, tags: set[str], **p) -> Case:
-    return Case(name, {**dict(V=VOCAB, S=0, tails=False), **p}, frozenset(tags))
+_case = case_maker(V=VOCAB, S=0, tails=False)
 
 
 def cases() -> list[Case]:

@@ -40,8 +40,7 @@ from collections.abc import Callable
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path
-from harness.workers.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Metric, Path, case_maker, import_module
 
 OP = "indexer_logits"
 # FP8 q and k are exact in the oracle; what is left is the torch paths' bf16 bmm (each head's dot
@@ -73,8 +72,7 @@ INDEXER = "srt/layers/attention/dsv4/indexer.py"
 # ---------------------------------------------------------------------------------------------- cases
 
 
-def _case(name: str, tags: set[str], B: int, max_len: int, lengths: str = "mixed", extra_pages: int = 0) -> Case:
-    return Case(name, {"B": B, "max_len": max_len, "lengths": lengths, "extra_pages": extra_pages}, frozenset(tags))
+_case = case_maker(lengths="mixed", extra_pages=0)  # _case(name, tags, B=, max_len=, ...)
 
 
 def cases() -> list[Case]:
@@ -198,8 +196,6 @@ def metrics(outputs: dict, oracle: dict, inputs: dict, case: Case) -> list:
     """What the standard drift cannot say: each logit's error against its magnitude (what rounding
     scales with), the tail's convention, and what the drift costs the consumer (how many of
     the exact top-512 tokens the path's logits still select)."""
-    from harness.parity.drift import Metric
-
     logits, ref = outputs["logits"].double(), oracle["logits"].double()
     valid = valid_region(inputs, case)["logits"]
     err = ((logits - ref).abs() / oracle["logits_magnitude"].double()).nan_to_num(nan=math.inf, posinf=math.inf)
@@ -293,7 +289,7 @@ def _deepgemm_call(t: dict, case: Case) -> Callable[[], torch.Tensor]:
     get_paged_mqa_logits_metadata(block_kv=64) made once (not timed). Upstream DeepGEMM renamed the op
     fp8_fp4_paged_mqa_logits (Q as (values, None) for FP8, no clean_logits: the tail is left unwritten),
     the same kernel on SM90."""
-    from harness.parity import deepgemm as dg
+    from harness.parity.op import deepgemm as dg  # `deepgemm` here is this file's path
 
     deep_gemm = dg.load()
     context_lens = t["seq_lens"].to(torch.int32).view(-1, 1).contiguous()

@@ -45,10 +45,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.parity.drift import Metric
-from harness.parity.op import ORACLE, Case, Path, Unavailable
-from harness.parity import dsv4
-from harness.workers.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Metric, Path, Unavailable, case_maker, dsv4, import_module
 
 OP = "kv_dequant"
 # fp8 (4 significant bits) times a power of two fits bf16 (8 bits) exactly above bf16's subnormal
@@ -69,9 +66,7 @@ CEILINGS = {
 SENTINEL = 0x7FC1  # a bf16 NaN with a payload no kernel writes
 
 
-def _case(name: str, tags: set[str], **p) -> Case:
-    base = dict(page=256, pool=16384, B=1, topk=128, window=False, neg1=False, scale0=False)
-    return Case(name, {**base, **p}, frozenset(tags))
+_case = case_maker(page=256, pool=16384, B=1, topk=128, window=False, neg1=False, scale0=False)
 
 
 def cases() -> list[Case]:

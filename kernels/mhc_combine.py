@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path
-from harness.workers.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Path, case_maker, import_module
 
 OP = "mhc_combine"
 # fp32 arithmetic over 4 terms, then one bf16 rounding of the output: bf16's ceilings apply. Round to
@@ -40,8 +39,7 @@ HC = 4
 HIDDEN = 4096
 
 
-def _case(name: str, tags: set[str], **p) -> Case:
-    return Case(name, {"H": HIDDEN, "x_dtype": "fp32", **p}, frozenset(tags))
+_case = case_maker(H=HIDDEN, x_dtype="fp32")
 
 
 def cases() -> list[Case]:

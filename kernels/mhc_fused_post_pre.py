@@ -38,20 +38,26 @@ of the case; norm_weight ~ N(1, 0.2^2). Edge rows: a zero token (x, residual 0: 
 
 from __future__ import annotations
 
-import importlib.util
 import types
-from pathlib import Path as _P
 
 import torch
 
-from harness.parity.catalogue import load_op_file
-from harness.parity.drift import Metric, calc_diff, worst_row_calc_diff
-from harness.parity.op import ORACLE, Case, Path, Unavailable
-from harness.workers.sglang_src import import_module
+from harness.parity.op import (
+    ORACLE,
+    Case,
+    Metric,
+    Path,
+    calc_diff,
+    case_maker,
+    deepgemm,
+    import_module,
+    require,
+    sibling,
+    worst_row_calc_diff,
+)
 
-_HERE = _P(__file__).resolve().parent
-_sinkhorn = load_op_file(_HERE / "mhc_sinkhorn.py").module
-_pre_norm = load_op_file(_HERE / "mhc_pre_norm.py").module
+_sinkhorn = sibling(__file__, "mhc_sinkhorn")
+_pre_norm = sibling(__file__, "mhc_pre_norm")
 
 OP = "mhc_fused_post_pre"
 # The residual it writes and the layer input are bf16 (the kernels round R' to bf16 before the GEMM,
@@ -77,8 +83,7 @@ POST_MULT = 2.0
 ITERS = 20
 
 
-def _case(name: str, tags: set[str], **p) -> Case:
-    return Case(name, {"regime": "typical", "edge_rows": True, **p}, frozenset(tags))
+_case = case_maker(regime="typical", edge_rows=True)
 
 
 def cases() -> list[Case]:
@@ -165,8 +170,7 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
 
 
 def _tilelang_call(t: dict, case: Case):
-    if importlib.util.find_spec("tilelang") is None:
-        raise Unavailable("tilelang is not installed (SGLang pins tilelang==0.1.12)")
+    require("tilelang", "SGLang pins tilelang==0.1.12")
     mhc = import_module("sglang.kernels.ops.layernorm.mhc")
     parallel = import_module("sglang.srt.runtime_context").get_parallel()
     # the layer input is allocated under use_symmetric_memory(tp_group): a one-rank group makes that
@@ -202,8 +206,6 @@ def sglang_tilelang(t: dict, case: Case) -> dict[str, torch.Tensor]:
 
 def sglang_tilelang_deepgemm(t: dict, case: Case) -> dict[str, torch.Tensor]:
     """The same with SGLANG_OPT_DEEPGEMM_HC_PRENORM=1: DeepGEMM's TF32 GEMM above 32 tokens."""
-    from harness.parity import deepgemm
-
     deepgemm.load()
     return sglang_tilelang(t, case)
 

@@ -31,13 +31,21 @@ from __future__ import annotations
 
 import ast
 import functools
-import importlib.util
 import types
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path, Unavailable
-from harness.workers.sglang_src import import_module, require_root
+from harness.parity.op import (
+    ORACLE,
+    Case,
+    Path,
+    Unavailable,
+    case_maker,
+    deepgemm,
+    import_module,
+    require,
+    require_root,
+)
 
 OP = "mhc_pre_norm"
 # The kernels this stands for multiply bf16 x (exact in TF32) by hc_fn rounded to TF32. Emulated on
@@ -56,8 +64,7 @@ MIX = (2 + HC) * HC
 HC_FN_STD = 0.01
 
 
-def _case(name: str, tags: set[str], **p) -> Case:
-    return Case(name, {"eps": 1e-6, "edge_rows": True, **p}, frozenset(tags))
+_case = case_maker(eps=1e-6, edge_rows=True)
 
 
 def cases() -> list[Case]:
@@ -173,8 +180,6 @@ def sglang_torch(t: dict, case: Case) -> dict[str, torch.Tensor]:
 def _deepgemm_call(t: dict, case: Case):
     """Allocate and return the call that runs DeepGEMM's kernel alone, as hc_pre calls it (num_splits
     None: one [T, 24] output and one [T] sum of squares)."""
-    from harness.parity import deepgemm
-
     dg = deepgemm.load()
     x = t["x"].flatten(1).bfloat16()
     fn = t["hc_fn"].float().contiguous()
@@ -194,8 +199,7 @@ def deepgemm_tf32(t: dict, case: Case) -> dict[str, torch.Tensor]:
 
 
 def _tilelang_call(t: dict, case: Case):
-    if importlib.util.find_spec("tilelang") is None:
-        raise Unavailable("tilelang is not installed (SGLang pins tilelang==0.1.12)")
+    require("tilelang", "SGLang pins tilelang==0.1.12")
     mhc = import_module("sglang.kernels.ops.layernorm.mhc")
     kernel = mhc._mhc_pre_gemm_sqrsum_dispatch()  # SM120: warp specialisation off
     x = t["x"].flatten(1)

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.parity.drift import Metric, calc_diff
-from harness.parity.op import ORACLE, Case, Path, Unavailable
-from harness.workers.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Metric, Path, calc_diff, case_maker, import_module, require
 
 OP = "mhc_sinkhorn"
 # Every path does fp32 elementwise arithmetic on inputs the oracle takes as they are: fp32's
@@ -62,8 +60,7 @@ EXTREME_LOGIT = 120.0
 CEILINGS = {"pre.calc_diff": 1e-9, "post.calc_diff": 1e-9, "pre.bias": 4e-7, "post.bias": 4e-7}
 
 
-def _case(name: str, tags: set[str], **p) -> Case:
-    return Case(name, {"regime": "typical", "outliers": True, **p}, frozenset(tags))
+_case = case_maker(regime="typical", outliers=True)
 
 
 def cases() -> list[Case]:
@@ -176,10 +173,7 @@ def _named(pre, post, comb) -> dict[str, torch.Tensor]:
 def sglang_tilelang(t: dict, case: Case) -> dict[str, torch.Tensor]:
     """The SM120 default: the dispatcher itself, which picks TileLang on CUDA (the Triton port only
     on gfx1250)."""
-    import importlib.util
-
-    if importlib.util.find_spec("tilelang") is None:
-        raise Unavailable("tilelang is not installed (SGLang pins tilelang==0.1.12)")
+    require("tilelang", "SGLang pins tilelang==0.1.12")
     return _named(*_mhc().hc_split_sinkhorn(t["mixes"], t["hc_scale"], t["hc_base"], HC, ITERS, EPS))
 
 

@@ -21,14 +21,23 @@ includes it (the Triton fallback returns that one).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path, Unavailable
-from harness.parity import dsv4
-from harness.workers.sglang_src import import_module, load_by_path
-from harness.workers.triton_capture import keep_first_config
+from harness.parity.op import (
+    ORACLE,
+    SM90,
+    SM120,
+    Case,
+    Path,
+    case_maker,
+    dsv4,
+    import_module,
+    interpreted,
+    keep_first_config,
+    load_by_path,
+    require,
+)
 
 OP = "mla_sparse_decode"
 # The KV cache is fp8, but the oracle dequantizes it exactly, so what is left is bf16 rounding of q,
@@ -37,14 +46,11 @@ DTYPE = "bf16"
 PRIMARY = "out"
 TOLERANCE = (1e-2, 1e-2)
 SM_SCALE = dsv4.DIM**-0.5
-SM120 = ((12, 0), (12, 1))
 
 
-def _case(name: str, tags: set[str], **p) -> Case:
-    base = dict(
-        page=256, n_main=16384, extra_topk=0, extra_page=64, n_extra=16384, topk_length=True, sink=True, empty_row=False
-    )
-    return Case(name, {**base, **p}, frozenset(tags))
+_case = case_maker(
+    page=256, n_main=16384, extra_topk=0, extra_page=64, n_extra=16384, topk_length=True, sink=True, empty_row=False
+)
 
 
 def cases() -> list[Case]:
@@ -210,7 +216,7 @@ def _fallback(fn, t: dict, case: Case):
 
 def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
     mod = load_by_path("kernels/ops/attention/flash_mla_sm120_triton.py")
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreted():
         keep_first_config(mod._tiled_sparse_decode_kernel)
     out, lse = _fallback(mod.flash_mla_sparse_decode_triton, t, case)
     return {"out": out, ("lse_with_sink" if "attn_sink" in t else "lse"): lse}  # its LSE includes the sink
@@ -258,10 +264,7 @@ def flashinfer_fa2(t: dict, case: Case) -> dict[str, torch.Tensor]:
 
 def _fa2_call(t: dict, case: Case):
     """Dequantize, gather and plan; return the call that runs FlashInfer's kernel alone (what is timed)."""
-    try:
-        import flashinfer
-    except ImportError as exc:
-        raise Unavailable(f"flashinfer is not installed ({exc})") from exc
+    flashinfer = require("flashinfer")
     p, dev = case.params, t["q"].device
     B, H = p["B"], p["H"]
     parts, keeps, offset = [], [], 0
@@ -315,10 +318,7 @@ def flashmla_legacy(t: dict, case: Case) -> dict[str, torch.Tensor]:
 
 
 def _flashmla_call(t: dict, case: Case):
-    try:
-        import flash_mla
-    except ImportError as exc:
-        raise Unavailable(f"flash_mla is not installed ({exc})") from exc
+    flash_mla = require("flash_mla")
     p = case.params
     H, Hp = p["H"], max(64, p["H"])
     q, sink = t["q"], t.get("attn_sink")
@@ -353,7 +353,7 @@ PATHS = [
         "flashmla.legacy",
         flashmla_legacy,
         golden=True,
-        archs=((9, 0),),
+        archs=SM90,
         timed=_flashmla_call,
         note="sgl-flash-mla's legacy sm90 V4 kernel; no SM120 build exists",
     ),

@@ -73,10 +73,23 @@ import math
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path, Unavailable
-from harness.parity import drift, dsv4
-from harness.workers import triton_capture
-from harness.workers.sglang_src import import_module, load_by_path
+from harness.parity.op import (
+    ORACLE,
+    SM90,
+    SM100,
+    SM120,
+    Case,
+    Metric,
+    Path,
+    calc_diff,
+    capturing,
+    case_maker,
+    deepgemm,
+    dsv4,
+    import_module,
+    load_by_path,
+    require,
+)
 
 OP = "mxfp4_moe"
 DTYPE = "fp4"
@@ -92,15 +105,12 @@ ROUTED_SCALING_FACTOR = 1.5
 MX_BLOCK = 32  # E8M0 scale per 32 e2m1 values
 FP8_BLOCK = 128  # SGLang's FP8 activation group and the FP4-dequant weight block
 E4M3_MAX = 448.0
-SM120 = ((12, 0), (12, 1))
 
 # OCP MX e2m1: sign bit 3, exponent bits 2..1 (bias 1), mantissa bit 0; code 0b0xxx is positive
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 
 
-def _case(name: str, tags: set[str], **p) -> Case:
-    base = dict(E=256, topk=6, H=4096, I=2048, tp=1, hot=8, loud=16)
-    return Case(name, {**base, **p}, frozenset(tags))
+_case = case_maker(E=256, topk=6, H=4096, I=2048, tp=1, hot=8, loud=16)
 
 
 def cases() -> list[Case]:
@@ -219,7 +229,7 @@ def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
     return {"out": out * ROUTED_SCALING_FACTOR, "clamped": clamped}
 
 
-def metrics(outputs: dict, oracle: dict, inputs: dict, case: Case) -> list[drift.Metric]:
+def metrics(outputs: dict, oracle: dict, inputs: dict, case: Case) -> list[Metric]:
     """`clamped_rows_calc_diff`: calc_diff over the tokens whose SwiGLU inputs the limit changed, where an
     ignored or misplaced clamp shows (a loud token is one row in many). `gain_error`: |g - 1| for the
     least-squares gain g = <out, ref> / <ref, ref>, which a scale (routed scaling applied twice or never, an
@@ -229,17 +239,17 @@ def metrics(outputs: dict, oracle: dict, inputs: dict, case: Case) -> list[drift
     found = []
     if bool(rows.any()):
         found.append(
-            drift.Metric(
+            Metric(
                 "clamped_rows_calc_diff",
-                drift.calc_diff(out[rows], ref[rows]),
+                calc_diff(out[rows], ref[rows]),
                 detail={"rows": int(rows.sum()), "mean_clamped": float(oracle["clamped"][rows].mean())},
             )
         )
     if bool(out.isfinite().all()):
         gain = float((out * ref).sum() / (ref * ref).sum().clamp(min=1e-300))
-        found.append(drift.Metric("gain_error", abs(gain - 1.0), detail={"gain": gain}))
+        found.append(Metric("gain_error", abs(gain - 1.0), detail={"gain": gain}))
     else:
-        found.append(drift.Metric("gain_error", math.inf))
+        found.append(Metric("gain_error", math.inf))
     return found
 
 
@@ -290,11 +300,8 @@ def _runner_config(case: Case, layer=None, *, swiglu_limit: float | None, routed
 
 
 def _require_flashinfer():
-    try:
-        import flashinfer
-        import flashinfer.fused_moe
-    except ImportError as exc:
-        raise Unavailable(f"flashinfer is not installed ({exc})") from exc
+    flashinfer = require("flashinfer")
+    require("flashinfer.fused_moe")
     return flashinfer
 
 
@@ -402,7 +409,7 @@ def _triton_interpreted(x, w13, s13, w2, s2, ids, weights, *, swiglu_limit, rout
     # pays for every row: 16 gives the same numbers (one block per row range, same K loop) in half the time.
     # The SM120 audit keeps SGLang's own: no tuned file covers block-FP8 at these shapes, so it is what
     # fused_experts launches there
-    if not triton_capture.capturing():
+    if not capturing():
         config["BLOCK_SIZE_M"] = min(config["BLOCK_SIZE_M"], 16)
     bm = config["BLOCK_SIZE_M"]
     numel = ids.numel()
@@ -556,8 +563,6 @@ def _deepgemm_call(t: dict, case: Case):
     padded to DeepGEMM's M alignment (padding rows -1 in the layout), recipe_a (1, 128) UE8M0 activations,
     recipe_b (1, 32) for the packed e2m1 weights with their E8M0 scales (given as float32 powers of two,
     which DeepGEMM packs to UE8M0 itself). The SwiGLU limit and the routed sum are done here in fp32."""
-    from harness.parity import deepgemm
-
     dg = deepgemm.load()
     p = case.params
     x, ids, inter = t["hidden_states"], t["topk_ids"].long(), p["I"]
@@ -610,7 +615,7 @@ PATHS = [
         "flashinfer.sm90_w4a16",
         flashinfer_sm90_w4a16,
         golden=True,
-        archs=((9, 0),),
+        archs=SM90,
         timed=_flashinfer_sm90_call,
         note="FlashInfer cutlass_fused_moe, bf16 x MXFP4 with SM90-interleaved weights (FlashInfer's test recipe)",
     ),
@@ -619,14 +624,14 @@ PATHS = [
         deepgemm_fp8_fp4,
         golden=True,
         needs_cuda=True,
-        archs=((10, 0), (10, 3), *SM120),
+        archs=(*SM100, *SM120),
         timed=_deepgemm_call,
         note="DeepGEMM m_grouped_fp8_fp4_gemm_nt_contiguous, FP8 (1,128) UE8M0 x FP4 (1,32); FP4 B needs SM100/SM120",
     ),
     Path(
         "sglang.flashinfer_mxfp4",
         sglang_flashinfer_mxfp4,
-        archs=((9, 0), *SM120),
+        archs=(*SM90, *SM120),
         timed=_flashinfer_call,
         note="the SM120 default: Mxfp4FlashinferCutlassMoEMethod, MXFP8 x MXFP4 on SM120 (W4A16 on SM90)",
     ),

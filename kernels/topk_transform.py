@@ -39,8 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path
-from harness.workers.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Metric, Path, case_maker, import_module
 
 OP = "topk_transform"
 # the scores are fp32 and the selection must be exact; no floating output is compared
@@ -73,10 +72,7 @@ def _indexer_function(name: str):
 # ---------------------------------------------------------------------------------------------- cases
 
 
-def _case(name: str, tags: set[str], B: int, max_len: int, lengths: str, scores: str, tail: str) -> Case:
-    return Case(
-        name, {"B": B, "max_len": max_len, "lengths": lengths, "scores": scores, "tail": tail}, frozenset(tags)
-    )
+_case = case_maker()  # _case(name, tags, B=, max_len=, lengths=, scores=, tail=)
 
 
 def cases() -> list[Case]:
@@ -198,8 +194,6 @@ def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
 
 def metrics(outputs: dict, oracle: dict, inputs: dict, case: Case) -> list:
     """Judge the page indices (what the attention reads) through the page table, against the scores."""
-    from harness.parity.drift import Metric
-
     scores, table = inputs["scores"].double(), inputs["page_table"].long()
     page_indices = outputs["page_indices"].long()
     raw_out = outputs.get("raw_indices")

@@ -9,6 +9,7 @@ otherwise write again, so that the engine's inside can move without touching `ke
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path as FilePath
@@ -53,11 +54,14 @@ def interpreted() -> bool:
 
 
 def require(module: str, why: str = "") -> ModuleType:
-    """Import `module`, or raise Unavailable naming it: the path is skipped with that reason."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise Unavailable(f"{module.split('.')[0]} is not installed ({why or exc})") from exc
+    """Import `module`; where its package is not installed, raise Unavailable naming it (the path is
+    skipped with that reason). An installed package that fails to import is judged as every other error
+    of a path's import chain is (harness/workers/environment.py): skipped where what is missing is not
+    installed, else failed."""
+    top = module.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        raise Unavailable(f"{top} is not installed ({why or f'No module named {top!r}'})")
+    return importlib.import_module(module)
 
 
 def sibling(this_file: str, stem: str) -> ModuleType:

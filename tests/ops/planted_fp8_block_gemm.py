@@ -8,10 +8,9 @@ from pathlib import Path as _P
 
 import torch
 
-from harness.parity.catalogue import load_op_file
-from harness.parity.op import Path, Unavailable
+from harness.parity.op import Path, Unavailable, load_module
 
-_real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "fp8_block_gemm.py").module
+_real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "fp8_block_gemm.py")
 OP = "planted_fp8_block_gemm"
 DTYPE, PRIMARY, TOLERANCE, CEILINGS = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE, _real.CEILINGS
 make_inputs, metrics, cost = _real.make_inputs, _real.metrics, _real.cost

@@ -6,10 +6,9 @@ from pathlib import Path as _P
 
 import torch
 
-from harness.parity.catalogue import load_op_file
-from harness.parity.op import Path
+from harness.parity.op import Path, load_module
 
-_real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "hash_topk.py").module
+_real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "hash_topk.py")
 OP = "planted_hash_topk"
 DTYPE, PRIMARY, TOLERANCE, CEILINGS = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE, _real.CEILINGS
 make_inputs, valid_region, metrics = _real.make_inputs, _real.valid_region, _real.metrics

@@ -8,8 +8,7 @@ from pathlib import Path as FilePath
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path
-from harness.workers.sglang_src import import_module
+from harness.parity.op import ORACLE, Case, Path, import_module
 
 OP = "planted_jit"
 DTYPE = "fp32"

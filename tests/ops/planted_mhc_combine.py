@@ -7,10 +7,9 @@ from pathlib import Path as _P
 import torch
 import triton
 
-from harness.parity.catalogue import load_op_file
-from harness.parity.op import Path
+from harness.parity.op import Path, import_module, load_module
 
-_real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "mhc_combine.py").module
+_real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "mhc_combine.py")
 OP = "planted_mhc_combine"
 DTYPE, PRIMARY, TOLERANCE = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE
 make_inputs = _real.make_inputs
@@ -23,7 +22,7 @@ def cases():
 
 def _launch(x_flat, pre, *, pre_stride_k=None, hc=HC):
     """mhc_combine's own launch, with the two arguments a bug would change."""
-    mhc = _real.import_module("sglang.kernels.ops.layernorm.mhc")
+    mhc = import_module("sglang.kernels.ops.layernorm.mhc")
     m, h = x_flat.shape[0], x_flat.shape[1] // HC
     y = torch.empty(m, h, dtype=torch.bfloat16, device=x_flat.device)
     mhc._mhc_combine_kernel[(m, triton.cdiv(h, 1024))](

@@ -8,10 +8,9 @@ from pathlib import Path as _P
 
 import torch
 
-from harness.parity.catalogue import load_op_file
-from harness.parity.op import Path
+from harness.parity.op import Path, import_module, load_module
 
-_real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "mhc_fused_post_pre.py").module
+_real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "mhc_fused_post_pre.py")
 OP = "planted_mhc_fused_post_pre"
 DTYPE, PRIMARY, TOLERANCE, CEILINGS = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE, _real.CEILINGS
 make_inputs, metrics = _real.make_inputs, _real.metrics
@@ -24,7 +23,7 @@ def cases():
 
 def _composed(t, *, comb_transposed=False, x_dropped=False, pre_on_old=False, split_lost=False, post_mult=2.0,
               norm_weight=True):  # fmt: skip
-    mhc = _real.import_module("sglang.kernels.ops.layernorm.mhc")
+    mhc = import_module("sglang.kernels.ops.layernorm.mhc")
     comb_prev = t["comb"].transpose(-1, -2) if comb_transposed else t["comb"]
     x = torch.zeros_like(t["x"]) if x_dropped else t["x"]
     residual = mhc._mhc_post_torch(x, t["residual"], t["post"], comb_prev)

@@ -8,10 +8,9 @@ from pathlib import Path as _P
 
 import torch
 
-from harness.parity.catalogue import load_op_file
-from harness.parity.op import Path
+from harness.parity.op import Path, load_module
 
-_real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "mhc_pre_norm.py").module
+_real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "mhc_pre_norm.py")
 OP = "planted_mhc_pre_norm"
 DTYPE, PRIMARY, TOLERANCE, CEILINGS = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE, _real.CEILINGS
 make_inputs = _real.make_inputs

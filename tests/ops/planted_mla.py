@@ -3,11 +3,9 @@ one UE8M0 scale off by one exponent step, one index off by one. Each must be fla
 
 from pathlib import Path as _P
 
-from harness.parity.catalogue import load_op_file
-from harness.parity.op import Path
-from harness.parity import dsv4
+from harness.parity.op import Path, dsv4, load_module
 
-_real = load_op_file(_P(__file__).resolve().parents[2] / "kernels" / "mla_sparse_decode.py").module
+_real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "mla_sparse_decode.py")
 OP = "planted_mla"
 DTYPE, PRIMARY, TOLERANCE = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE
 make_inputs, valid_region = _real.make_inputs, _real.valid_region

@@ -2,14 +2,11 @@
 one that needs 128 KiB, and an autotuned one whose every config is too big for SM120 (the autotuner
 would pick one of them on a GPU with more shared memory, and fail on an RTX PRO 6000)."""
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from harness.parity.op import ORACLE, Case, Path
-from harness.workers.triton_capture import keep_first_config
+from harness.parity.op import ORACLE, Case, Path, interpreted, keep_first_config
 
 OP = "planted_smem"
 DTYPE = "bf16"
@@ -70,7 +67,7 @@ def smem_128k(t, case):
 
 
 def every_config_too_big(t, case):
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreted():
         keep_first_config(tuned_matmul_kernel)
     M, K = t["a"].shape
     N = t["b"].shape[1]

@@ -8,7 +8,7 @@ from pathlib import Path as FilePath
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path, Unavailable
+from harness.parity.op import ORACLE, Case, Path, require
 
 OP = "planted_tilelang"
 DTYPE = "fp32"
@@ -39,8 +39,7 @@ def metrics(outputs, oracle, inputs, case):
 
 def _splitk(hidden_block: int, factory: bool = False):
     def run(t, case):
-        if importlib.util.find_spec("tilelang") is None:
-            raise Unavailable("tilelang is not installed")
+        require("tilelang")
         spec = importlib.util.spec_from_file_location("planted_splitk_sqrsum", KERNEL)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
