@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from harness.run import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = Path(__file__).resolve().parent / "ops"
@@ -44,17 +54,91 @@ def needs_sglang():
     pytest.skip("sglang is not installed (pip install --no-deps sglang==0.5.23)")
 
 
-def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: float = 600):
-    import subprocess
+def _fresh_cache() -> str:
+    return tempfile.mkdtemp(dir=_CACHES.name)
 
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SM120_HARNESS_CACHE": tempfile.mkdtemp(dir=_CACHES.name), **(env or {})},
-        timeout=timeout,
-    )
+
+@dataclass
+class CliResult:
+    """What `cli` gives back, named as subprocess.CompletedProcess names it."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class LeakWarning(UserWarning):
+    """The harness left this process changed after a command (`in_process` put it back)."""
+
+
+_OP_MODULES = "_sm120_harness_op_"  # harness/parity/catalogue.py's private names of op files loaded by path
+
+
+@contextlib.contextmanager
+def in_process(what: str, env: dict | None = None, cwd: Path | None = None) -> Iterator[None]:
+    """The harness called in this process as a new process would run it: `env` over this process's
+    environment with caches of its own, in `cwd` where given. What the call leaves behind is put back,
+    with a LeakWarning naming it: the environment, the working directory, sys.argv, the SIGINT and
+    SIGTERM handlers; and the op files it loaded are forgotten (an op file edited between two calls is
+    read again, as a new process would)."""
+    from harness.parity.inputs import code_key
+    from harness.workers.environment import scoped_environ
+
+    environ, argv, here = dict(os.environ), sys.argv, os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    modules = set(sys.modules)
+    try:
+        with scoped_environ({"SM120_HARNESS_CACHE": _fresh_cache(), **(env or {})}):
+            if cwd is not None:
+                os.chdir(cwd)
+            yield
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+        leaked = sorted(k for k in os.environ.keys() | environ.keys() if os.environ.get(k) != environ.get(k))
+        if leaked:
+            os.environ.clear()
+            os.environ.update(environ)
+            warnings.warn(f"{what} left os.environ changed: {leaked}", LeakWarning, stacklevel=3)
+        for s, h in handlers.items():
+            if signal.getsignal(s) is not h:
+                signal.signal(s, h)
+                warnings.warn(f"{what} left the {s.name} handler changed", LeakWarning, stacklevel=3)
+        for name in set(sys.modules) - modules:
+            if name.startswith(_OP_MODULES):
+                del sys.modules[name]
+        code_key.cache_clear()
+
+
+def cli(args: list[str], cwd: Path | None = ROOT, env: dict | None = None) -> CliResult:
+    """`sm120-harness ARGS` run in this process (harness.cli.main), as `python -m harness ARGS` would run
+    in a subprocess: stdout and stderr captured, `env` and `cwd` applied and everything put back after
+    (`in_process`). A test where a process is what is tested (a signal, a kill, a clean interpreter, the
+    installed script) starts one itself."""
+    from harness.cli import main
+
+    args = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with in_process(f"sm120-harness {' '.join(args[:1])}", env, cwd):
+        sys.argv = ["sm120-harness", *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exc:  # argparse: a usage error (2) or --help (0)
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return CliResult(args, code, out.getvalue(), err.getvalue())
+
+
+def engine(env: dict | None = None, **request: Any) -> tuple[Outcome, str]:
+    """harness.run.execute(Request(**request)) in this process, as `cli` runs a command (`in_process`):
+    the outcome and what the engine said (what the command line prints on stderr)."""
+    from harness.run import Request, execute
+
+    said: list[str] = []
+    with in_process("execute", env):
+        outcome = execute(Request(say=said.append, **request))
+    return outcome, "\n".join(said)
 
 
 def write_profile(path: Path, body: str) -> Path:
@@ -62,14 +146,12 @@ def write_profile(path: Path, body: str) -> Path:
     return path
 
 
-def run_op(tmp: Path, profile: str, op: str, timeout: float = 600):
-    """Run the op `op` of tests/ops through the real CLI under `profile` (TOML text): the completed
-    process and the run it stored."""
+def run_op(tmp: Path, profile: str, op: str):
+    """Run the op `op` of tests/ops through the CLI (in this process) under `profile` (TOML text): what
+    the command gave back and the run it stored."""
     from harness.results.store import load_run
 
     prof = write_profile(tmp / "p.toml", profile)
     store = tmp / "runs"
-    r = run_cli(
-        ["run", "--suite", str(prof), "--store", str(store), "--kernels-dir", str(OPS), "--only", op], timeout=timeout
-    )
+    r = cli(["run", "--suite", str(prof), "--store", str(store), "--kernels-dir", str(OPS), "--only", op])
     return r, load_run(next(store.iterdir()))

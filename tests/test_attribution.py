@@ -9,7 +9,7 @@ import pandas as pd
 
 from harness.results.attribution import attribute, markdown
 from harness.results.store import RunWriter, row
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 QUESTIONS = 1319
 
@@ -125,7 +125,7 @@ def test_compare_and_gate_print_the_attribution(tmp_path):
     store = tmp_path / "runs"
     a = _store_run(store, lambda i: _rows(i, False), "a" * 40, ["kernels", "accuracy", "perf"])
     b = _store_run(store, lambda i: _rows(i, True), "b" * 40, ["kernels", "accuracy", "perf"])
-    r = run_cli(["compare", a, b, "--store", str(store), "--html", str(tmp_path / "c.html")])
+    r = cli(["compare", a, b, "--store", str(store), "--html", str(tmp_path / "c.html")])
     assert r.returncode == 0, r.stderr
     head = next(line for line in r.stdout.splitlines() if "kernels that moved" in line)
     assert head.startswith("GSM8K -2.1 points")
@@ -133,7 +133,7 @@ def test_compare_and_gate_print_the_attribution(tmp_path):
     assert "| mxfp4_moe/sglang.fp4_dequant_triton | mxfp4_moe/tiny_e8 (fp64) | calc_diff |" in r.stdout
     assert "deepgemm" not in r.stdout.split("#### Attribution")[1]
     assert "kernels that moved: mla_sparse_decode/sglang.torch failed" in (tmp_path / "c.html").read_text()
-    r = run_cli(["gate", "--baseline", a, "--candidate", b, "--store", str(store)])
+    r = cli(["gate", "--baseline", a, "--candidate", b, "--store", str(store)])
     assert r.returncode == 1 and "kernels that moved: mla_sparse_decode/sglang.torch failed" in r.stdout
 
 
@@ -145,9 +145,9 @@ def test_runs_without_kernel_rows_name_the_runs_that_have_them(tmp_path):
     kernels_b = _store_run(
         store, lambda i: [r for r in _rows(i, True) if r["suite"] == "kernels"], "b" * 40, ["kernels"]
     )
-    r = run_cli(["compare", a, b, "--store", str(store), "--md", str(tmp_path / "c.md")])
+    r = cli(["compare", a, b, "--store", str(store), "--md", str(tmp_path / "c.md")])
     text = (tmp_path / "c.md").read_text()
     assert r.returncode == 0 and "No kernel rows to attribute it to" in text
     assert f"the baseline {a} (SGLang aaaaaaaaaaaa) holds none; no run of the store does" in text
     assert f"the candidate {b} (SGLang bbbbbbbbbbbb) holds none; runs of the store that do: {kernels_b}" in text
-    assert json.loads(run_cli(["compare", a, b, "--store", str(store), "--json"]).stdout)  # JSON unchanged: rows
+    assert json.loads(cli(["compare", a, b, "--store", str(store), "--json"]).stdout)  # JSON unchanged: rows

@@ -7,13 +7,14 @@ import re
 
 import pytest
 
-from harness.audit.triton_kernels import FORBIDDEN_PTX, FORBIDDEN_SASS, SM120_SHARED_BYTES
+from harness.audit import sm120
+from harness.audit.sm120 import FORBIDDEN_PTX, FORBIDDEN_SASS
 from harness.results.store import load_run
-from tests.conftest import OPS, needs_sglang, run_cli, write_profile
+from tests.conftest import OPS, cli, needs_sglang, write_profile
 
 
 def _audit(tmp, args):
-    r = run_cli(["audit", "--store", str(tmp / "runs"), *args])
+    r = cli(["audit", "--store", str(tmp / "runs"), *args])
     run = load_run(next((tmp / "runs").iterdir()))
     return r, run.measurements
 
@@ -35,7 +36,7 @@ def test_planted_kernels_are_judged_by_their_shared_memory(planted):
     assert r.returncode == 1, r.stderr[-2000:]
     (fits,) = _shared(m, "fits").values()
     (big,) = _shared(m, "smem_128k").values()
-    assert 0 < fits <= SM120_SHARED_BYTES
+    assert 0 < fits <= sm120.SHARED_BYTES
     assert big >= 128 * 1024
     assert "smem_128k" in r.stderr and "over 101376 B" in r.stderr
 
@@ -44,7 +45,7 @@ def test_every_autotune_config_is_audited_not_only_the_one_that_ran(planted):
     _, m = planted
     shared = _shared(m, "every_config_too_big")
     assert len(shared) == 3  # the interpreter ran only the first; all three were compiled
-    assert all(v > SM120_SHARED_BYTES for v in shared.values())
+    assert all(v > sm120.SHARED_BYTES for v in shared.values())
     assert {re.search(r"BK=(\d+)", c).group(1) for c in shared} == {"128", "256"}
 
 
@@ -52,7 +53,7 @@ def test_findings_say_how_they_were_compiled(planted):
     _, m = planted
     row = m[(m["impl"] == "fits") & (m["metric"] == "shared_bytes")].iloc[0]
     detail = json.loads(row["detail"])
-    assert detail["target"] == "sm_120a" and detail["limit"] == SM120_SHARED_BYTES
+    assert detail["target"] == "sm_120a" and detail["limit"] == sm120.SHARED_BYTES
     assert detail["constexprs"] == {"BM": 64, "BN": 64, "BK": 64}
     assert detail["signature"]["a"] == "*bf16"
     regs = m[(m["impl"] == "fits") & (m["metric"] == "registers")]["value"]
@@ -76,7 +77,7 @@ def test_sglang_triton_mla_kernel_fits_sm120(tmp_path):
     tri = m[(m["impl"] == "sglang.triton") & (m["metric"] == "shared_bytes")]
     # three autotune configs, for each specialisation the cases reached (with and without topk_length)
     assert len(tri) == 6 and (tri["status"] == "ok").all()
-    assert (tri["value"] <= SM120_SHARED_BYTES).all()
+    assert (tri["value"] <= sm120.SHARED_BYTES).all()
     forbidden = m[(m["impl"] == "sglang.triton") & (m["metric"] == "forbidden_instructions")]
     assert len(forbidden) == 6 and (forbidden["value"] == 0).all()
     torch_path = m[(m["impl"] == "sglang.torch") & (m["case"] == "mla_sparse_decode/capture")]
@@ -102,7 +103,7 @@ def test_sglang_fused_moe_is_captured_as_sm120_launches_it(tmp_path):
     assert {"fused_moe_kernel", "act_and_mul_kernel", "_moe_sum_reduce_kernel"} <= kernels
     gemms = [c for c in shared["case"] if c.split("/")[1] == "fused_moe_kernel"]
     assert len(gemms) == 2 and all("USE_GDC=True" in c and "BLOCK_SIZE_M=64" in c for c in gemms), gemms
-    assert (shared["value"] <= SM120_SHARED_BYTES).all() and (shared["status"] == "ok").all()
+    assert (shared["value"] <= sm120.SHARED_BYTES).all() and (shared["status"] == "ok").all()
 
 
 def test_the_instruction_check_finds_what_an_sm90_build_uses():

@@ -7,10 +7,12 @@ import os
 
 import pytest
 
-from harness.audit.cuda_kernels import _recording_link, toolkit_root
-from harness.audit.triton_kernels import SM120_SHARED_BYTES, _short_name
+from harness.audit import sm120
+from harness.audit.cuda_kernels import _recording_link
+from harness.audit.suite import _short_name
+from harness.audit.toolchain import toolkit_root
 from harness.results.store import load_run
-from tests.conftest import OPS, needs_sglang, run_cli, write_profile
+from tests.conftest import OPS, cli, needs_sglang, write_profile
 
 
 def needs_nvcc():
@@ -28,7 +30,7 @@ def planted(tmp_path_factory):
     needs_nvcc()
     tmp = tmp_path_factory.mktemp("audit_cuda")
     prof = write_profile(tmp / "p.toml", 'name = "planted"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.planted_jit]\n')
-    r = run_cli(["audit", "--store", str(tmp / "runs"), "--suite", str(prof), "--kernels-dir", str(OPS)])
+    r = cli(["audit", "--store", str(tmp / "runs"), "--suite", str(prof), "--kernels-dir", str(OPS)])
     run = load_run(next((tmp / "runs").iterdir()))
     return r, run.measurements
 
@@ -45,7 +47,7 @@ def test_topk_asking_for_128k_of_dynamic_shared_memory_is_flagged(planted):
     fig, detail = _figures(m, "topk_128k")
     # SGLang's launch code opts in kSMEM + 4 bytes: 32768 entries of 4 bytes, plus 4
     assert fig["dynamic_shared_bytes"] == 32 * 1024 * 4 + 4
-    assert fig["shared_bytes"] == detail["static_shared_bytes"] + fig["dynamic_shared_bytes"] > SM120_SHARED_BYTES
+    assert fig["shared_bytes"] == detail["static_shared_bytes"] + fig["dynamic_shared_bytes"] > sm120.SHARED_BYTES
     assert detail["kind"] == "cuda" and detail["file"].endswith("topk_v1_128k.cuh")
     assert detail["dynamic_shared_bytes_opt_in"] == fig["dynamic_shared_bytes"]
     assert detail["dynamic_shared_from"].startswith("evaluated")
@@ -56,7 +58,7 @@ def test_sglang_topk_v1_fits_sm120(planted):
     _, m = planted
     fig, detail = _figures(m, "sglang.topk_v1")
     assert fig["dynamic_shared_bytes"] == 16 * 1024 * 4 + 4  # the 64 KB SGLang ships
-    assert detail["static_shared_bytes"] > 0 and fig["shared_bytes"] <= SM120_SHARED_BYTES
+    assert detail["static_shared_bytes"] > 0 and fig["shared_bytes"] <= sm120.SHARED_BYTES
     assert fig["cluster_launches"] == 0 and fig["forbidden_instructions"] == 0 and fig["spill_bytes"] == 0
     assert 0 < fig["registers"] <= 255
     assert detail["block"] == [1024, 1, 1] and detail["grids"] == [[2, 1, 1]] and detail["pdl"] is True
@@ -68,7 +70,7 @@ def test_cluster_path_selected_on_sm120_is_flagged(planted):
     r, m = planted
     fig, detail = _figures(m, "cluster_on_sm120")
     assert fig["cluster_launches"] == 1 and detail["cluster"] == [1, 8, 1]
-    assert fig["shared_bytes"] <= SM120_SHARED_BYTES  # flagged for the cluster alone
+    assert fig["shared_bytes"] <= sm120.SHARED_BYTES  # flagged for the cluster alone
     assert "cluster_on_sm120" in r.stdout + r.stderr
 
 

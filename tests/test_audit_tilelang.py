@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from harness.audit.triton_kernels import SM120_SHARED_BYTES
+from harness.audit import sm120
 from harness.results.store import load_run
-from tests.conftest import OPS, run_cli, write_profile
+from tests.conftest import OPS, cli, write_profile
 from tests.test_audit_cuda import needs_nvcc
 
 
@@ -24,7 +24,7 @@ def planted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audit_tilelang")
     text = 'name = "planted"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.planted_tilelang]\n'
     prof = write_profile(tmp / "p.toml", text)
-    r = run_cli(["audit", "--store", str(tmp / "runs"), "--suite", str(prof), "--kernels-dir", str(OPS)])
+    r = cli(["audit", "--store", str(tmp / "runs"), "--suite", str(prof), "--kernels-dir", str(OPS)])
     run = load_run(next((tmp / "runs").iterdir()))
     return r, run.measurements
 
@@ -42,7 +42,7 @@ def test_hidden_block_256_overflows_sm120_and_is_flagged(planted):
     fits, _ = _figures(m, "hidden_block_128")
     # every staged tile is hidden_block wide: twice the block, twice the shared memory
     assert fig["dynamic_shared_bytes"] == 2 * fits["dynamic_shared_bytes"] > 0
-    assert fig["shared_bytes"] == detail["static_shared_bytes"] + fig["dynamic_shared_bytes"] > SM120_SHARED_BYTES
+    assert fig["shared_bytes"] == detail["static_shared_bytes"] + fig["dynamic_shared_bytes"] > sm120.SHARED_BYTES
     assert detail["kind"] == "tilelang" and detail["file"].endswith("splitk_sqrsum.py")
     assert detail["target"] == "sm_120a" and detail["kwargs"] == {"hidden_block": 256}
     assert detail["dynamic_shared_from"].startswith("TileLang's lowering")
@@ -54,7 +54,7 @@ def test_hidden_block_128_fits(planted):
     # at least the two stages of the bf16 x tile and the fp32 fn tile, 32 x 128 each
     assert fig["dynamic_shared_bytes"] >= 2 * 32 * 128 * (2 + 4)
     assert detail["kwargs"] == {"hidden_block": 128}
-    assert fig["shared_bytes"] <= SM120_SHARED_BYTES and fig["forbidden_instructions"] == 0
+    assert fig["shared_bytes"] <= sm120.SHARED_BYTES and fig["forbidden_instructions"] == 0
     assert 0 < fig["registers"] <= 255 and fig["spill_bytes"] == 0
 
 
@@ -66,7 +66,7 @@ def test_a_kernel_defined_inside_a_factory_is_lowered_from_the_factorys_argument
     fig, detail = _figures(m, "factory_hidden_block_256")
     same, _ = _figures(m, "hidden_block_256")
     assert fig["dynamic_shared_bytes"] == same["dynamic_shared_bytes"]
-    assert fig["shared_bytes"] > SM120_SHARED_BYTES
+    assert fig["shared_bytes"] > sm120.SHARED_BYTES
     assert detail["factory"]["qualname"] == "splitk_stage_0_factory"
     called = {"hc_hidden_size": 16384, "split_k": 16, "token_block": 32, "hidden_block": 256}
     assert detail["factory"]["kwargs"] == called

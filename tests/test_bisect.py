@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from harness.history.bisect import BAD, GOOD, SKIP, BisectError, judge, next_pick, search, summary
-from harness.profile import GateConfig
+from harness.results.gate import GateConfig
 from harness.results.store import list_bisects, list_runs, load_run, row
-from tests.conftest import needs_sglang, run_cli, write_profile
+from tests.conftest import cli, needs_sglang, write_profile
 from tests.sglang_history import FAULTY, PROFILE, SUBJECTS, build
 
 # the commits after the base: the fault first, so the deletion lies between it and BAD; the search
@@ -28,9 +28,8 @@ def bisected(tmp_path_factory):
     (repo / "README.md").write_text("a change of the user's, not committed\n")
     prof = write_profile(tmp / "p.toml", PROFILE)
     store = tmp / "runs"
-    r = run_cli(
-        ["bisect", shas[0], "main", "--sglang-src", str(repo), "--suite", str(prof), "--store", str(store), "--json"],
-        timeout=500,
+    r = cli(
+        ["bisect", shas[0], "main", "--sglang-src", str(repo), "--suite", str(prof), "--store", str(store), "--json"]
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return repo, shas, store, json.loads(r.stdout), r
@@ -99,9 +98,9 @@ def test_a_range_that_cannot_be_bisected_is_refused_before_any_run(tmp_path):
     repo = tmp_path / "sglang"
     shas = build(repo, ["touch"])
     prof = write_profile(tmp_path / "p.toml", PROFILE)
-    r = run_cli(["bisect", shas[1], shas[0], "--sglang-src", str(repo), "--suite", str(prof)])
+    r = cli(["bisect", shas[1], shas[0], "--sglang-src", str(repo), "--suite", str(prof)])
     assert r.returncode == 2 and "is not an ancestor of BAD" in r.stderr
-    r = run_cli(["bisect", "v9", shas[0], "--sglang-src", str(repo), "--suite", str(prof)])
+    r = cli(["bisect", "v9", shas[0], "--sglang-src", str(repo), "--suite", str(prof)])
     assert r.returncode == 2 and "GOOD 'v9': not a commit" in r.stderr
 
 
@@ -145,7 +144,7 @@ def test_a_worker_that_crashes_while_importing_sglang_is_a_skip(tmp_path):
     build(repo, ["segfault"])
     prof = write_profile(tmp_path / "p.toml", PROFILE)
     env = {"SM120_HARNESS_SGLANG_SRC": str(repo / "python")}
-    run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--only", "hash_topk"], env=env)
+    cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--only", "hash_topk"], env=env)
     m = load_run(next((tmp_path / "runs").iterdir())).measurements
     o = m[(m["metric"] == "outcome") & (m["impl"] == "sglang.triton")].iloc[0]
     detail = json.loads(o["detail"])

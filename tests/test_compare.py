@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from harness.results.compare import compare, to_markdown
-from harness.results.store import load_run, row
-from tests.conftest import OPS, run_cli, write_profile
+from harness.results.store import row
+from tests.conftest import OPS, engine, write_profile
 
 
 def _frame(rows):
@@ -48,11 +48,8 @@ def test_two_cpu_runs_of_the_same_code_show_no_change(tmp_path):
         'name = "p"\n[kernels]\ncases = ["tiny"]\n'
         '[kernels.ops.toy_scale]\nimpls = ["good", "off_by_one_row"]\ngoldens = ["fp64"]\n',
     )
-    runs = []
-    for name in ("a", "b"):
-        run_cli(["run", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", str(tmp_path / name)])
-        runs.append(load_run(next((tmp_path / name).iterdir())).measurements)
-    r = compare(*runs)
+    runs = [engine(profile=prof, kernels_dir=OPS, store=str(tmp_path / name))[0].run for name in ("a", "b")]
+    r = compare(*(run.measurements for run in runs))
     assert len(r) > 20 and set(r["verdict"]) == {"same"}
 
 

@@ -7,10 +7,10 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from harness.profile import Allow, GateConfig, ProfileError, load_profile
-from harness.results.gate import gate, markdown
+from harness.profile import ProfileError, load_profile
+from harness.results.gate import Allow, GateConfig, gate, markdown
 from harness.results.store import row
-from tests.conftest import OPS, run_cli, write_profile
+from tests.conftest import OPS, cli, write_profile
 
 NO_BREACH = pd.DataFrame(columns=["case", "impl", "reference", "metric", "value", "ceiling"])
 
@@ -92,10 +92,10 @@ def test_cli_gate_passes_two_runs_of_the_same_code_and_writes_the_step_summary(t
         'name = "p"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.toy_scale]\nimpls = ["good"]\ngoldens = ["fp64"]\n',
     )
     for _ in range(2):
-        run_cli(["run", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", str(tmp_path / "runs")])
+        cli(["run", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", str(tmp_path / "runs")])
     first = sorted(p.name for p in (tmp_path / "runs").iterdir())[0]
     summary = tmp_path / "summary.md"
-    r = run_cli(
+    r = cli(
         [
             "gate",
             "--baseline",
@@ -111,7 +111,7 @@ def test_cli_gate_passes_two_runs_of_the_same_code_and_writes_the_step_summary(t
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("### PASS") and summary.read_text().startswith("### PASS")
-    r = run_cli(["gate", "--baseline", "nope", "--store", str(tmp_path / "runs")])
+    r = cli(["gate", "--baseline", "nope", "--store", str(tmp_path / "runs")])
     assert r.returncode == 2 and "no run with id" in r.stderr
 
 
@@ -121,10 +121,10 @@ def test_nightly_runs_audits_gates_and_renders(tmp_path):
         'name = "n"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.toy_scale]\nimpls = ["good"]\ngoldens = ["fp64"]\n',
     )
     args = ["nightly", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", str(tmp_path / "runs")]
-    first = run_cli(args)
+    first = cli(args)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "### PASS" not in first.stdout  # nothing to gate against on the first night
-    second = run_cli(args)
+    second = cli(args)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "### PASS" in second.stdout
     runs = [p for p in (tmp_path / "runs").iterdir() if (p / "run.json").exists()]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from harness.results.store import load_run
-from tests.conftest import OPS, needs_sglang, run_cli, write_profile
+from tests.conftest import OPS, cli, needs_sglang, write_profile
 
 TOY = """name = "toy"
 [kernels]
@@ -19,7 +19,7 @@ goldens = ["fp64"]
 
 def _run(tmp, name, args, env=None):
     store = tmp / name
-    r = run_cli(["run", "--store", str(store), *args], env=env)
+    r = cli(["run", "--store", str(store), *args], env=env)
     return r, load_run(next(store.iterdir())).measurements
 
 
@@ -45,7 +45,7 @@ def _outcome(m, impl):
 @pytest.fixture()
 def captured(tmp_path):
     prof = write_profile(tmp_path / "toy.toml", TOY)
-    r = run_cli(
+    r = cli(
         [
             "golden",
             "capture",
@@ -138,7 +138,7 @@ def test_mla_round_trip_with_the_real_triton_kernel(tmp_path):
         'name = "mla"\n[kernels]\ncases = ["tiny"]\n'
         '[kernels.ops.mla_sparse_decode]\nimpls = ["sglang.triton"]\ngoldens = ["fp64"]\n',
     )
-    r = run_cli(
+    r = cli(
         ["golden", "capture", "--suite", str(prof), "--out", str(tmp_path / "golden"), "--store", str(tmp_path / "cap")]
     )
     assert r.returncode == 0, r.stderr[-2000:]

@@ -4,7 +4,7 @@ Deselected by default; run with `pytest -m gpu` (or `tox -e gpu`)."""
 import pytest
 
 from harness.results.store import list_runs
-from tests.conftest import needs_sglang, run_cli
+from tests.conftest import cli, needs_sglang
 
 pytestmark = pytest.mark.gpu
 SM120 = {(12, 0), (12, 1)}
@@ -17,7 +17,7 @@ def gpu_run(tmp_path_factory):
         pytest.skip("no CUDA GPU")
     needs_sglang()
     store = tmp_path_factory.mktemp("gpu") / "runs"
-    r = run_cli(["run", "--store", str(store), "--only", "mla_sparse_decode"], timeout=1800)
+    r = cli(["run", "--store", str(store), "--only", "mla_sparse_decode"])
     (run,) = list_runs(store)
     return r, run, tuple(torch.cuda.get_device_capability(0))
 
@@ -66,9 +66,7 @@ def test_timing_side_by_side_against_the_roofline(tmp_path):
         'name = "t"\n[kernels]\ncases = ["b8_h64_swa128_c4x512", "b32_h32_swa128_c4x512"]\n'
         "timing = { repeats = 20, warmup = 3, cuda_graph = true }\n"
     )
-    r = run_cli(
-        ["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--only", "mla_sparse_decode"], timeout=1800
-    )
+    r = cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--only", "mla_sparse_decode"])
     (run,) = list_runs(tmp_path / "runs")
     m = run.measurements
     t = m[m["metric"] == "time_us"]

@@ -70,7 +70,7 @@ def _workers_of(pid: int) -> list[int]:
     return [
         int(line.split()[0])
         for line in out.splitlines()[1:]
-        if ("harness.workers.worker" in line and f"-{pid}-" in line)
+        if ("harness.parity.child" in line and f"-{pid}-" in line)
         or ("harness.workers.forkserver" in line and line.split()[-1] == str(pid))
     ]
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from harness.results.store import load_run
-from tests.conftest import OPS, run_cli, write_profile
+from tests.conftest import OPS, cli, write_profile
 
 PROFILE = """
 name = "isolation"
@@ -22,7 +22,7 @@ impls = ["good", "segfault", "hang", "raises", "unavailable", "off_by_one_row", 
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("iso")
     prof = write_profile(tmp / "p.toml", PROFILE)
-    r = run_cli(
+    r = cli(
         [
             "run",
             "--suite",

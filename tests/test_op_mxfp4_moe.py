@@ -317,7 +317,7 @@ FAULTS = [
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_mxfp4")
-    r, run = run_op(tmp, PROFILE, "planted_mxfp4_moe", timeout=1200)
+    r, run = run_op(tmp, PROFILE, "planted_mxfp4_moe")
     planted = load_op_file(OPS / "planted_mxfp4_moe.py")
     m = run.measurements
     over = set(breaches(m, {"planted_mxfp4_moe": planted.ceilings})["impl"])

@@ -5,7 +5,7 @@ import pytest
 
 from harness.parity.catalogue import discover
 from harness.profile import ProfileError, load_profile, select
-from tests.conftest import OPS, ROOT, run_cli, write_profile
+from tests.conftest import OPS, ROOT, cli, write_profile
 
 CASES = [
     ("name = \n", "not valid TOML"),
@@ -75,28 +75,28 @@ def test_auto_cases_follow_the_machine():
 
 def test_cli_exit_code_2_with_the_message(tmp_path):
     f = write_profile(tmp_path / "bad.toml", "name = 'p'\n[kernels.ops.toy_scale]\nimpls = ['gud']\n")
-    r = run_cli(["run", "--suite", str(f), "--store", str(tmp_path / "runs"), "--kernels-dir", str(OPS)])
+    r = cli(["run", "--suite", str(f), "--store", str(tmp_path / "runs"), "--kernels-dir", str(OPS)])
     assert r.returncode == 2
     assert "impls: unknown implementation 'gud'" in r.stderr and str(f) in r.stderr
     assert not (tmp_path / "runs").exists()  # nothing started, nothing half-written
 
 
 def test_cli_missing_profile_and_unknown_only(tmp_path):
-    r = run_cli(["run", "--suite", str(tmp_path / "none.toml")])
+    r = cli(["run", "--suite", str(tmp_path / "none.toml")])
     assert r.returncode == 2 and "none.toml: cannot read the profile" in r.stderr
-    r = run_cli(["run", "--only", "no_such_op", "--store", str(tmp_path / "runs")])
+    r = cli(["run", "--only", "no_such_op", "--store", str(tmp_path / "runs")])
     assert r.returncode == 2 and "--only: op 'no_such_op'" in r.stderr
 
 
 def test_broken_op_file_is_a_usage_error(tmp_path):
     (tmp_path / "k").mkdir()
     (tmp_path / "k" / "half.py").write_text("OP = 'half'\n")
-    r = run_cli(["run", "--kernels-dir", str(tmp_path / "k"), "--store", str(tmp_path / "runs")])
+    r = cli(["run", "--kernels-dir", str(tmp_path / "k"), "--store", str(tmp_path / "runs")])
     assert r.returncode == 2 and "half.py: missing DTYPE" in r.stderr
 
 
 def test_unwritable_store_is_infrastructure(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    r = run_cli(["run", "--store", str(blocker / "runs")])
+    r = cli(["run", "--store", str(blocker / "runs")])
     assert r.returncode == 3 and "cannot create the run folder" in r.stderr

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from harness.pages.site import build
-from tests.conftest import OPS, run_cli, write_profile
+from tests.conftest import OPS, cli, write_profile
 
 EVIL = "<script>alert('x')</script> & <b>bold</b>"
 
@@ -21,7 +21,7 @@ def site(tmp_path_factory):
         '[kernels.ops.toy_scale]\nimpls = ["good", "off_by_one_row"]\ngoldens = ["fp64"]\n',
     )
     for i in range(2):
-        r = run_cli(
+        r = cli(
             ["run", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", str(tmp / "runs")],
             env={"SGLANG_GIT_MESSAGE": EVIL if i else "fix: first", "SGLANG_GIT_BRANCH": "pr/<i>x</i>"},
         )

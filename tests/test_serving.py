@@ -20,7 +20,7 @@ import pytest
 from harness.results.store import load_run
 from harness.serving.bench import PointError, metrics
 from tests import serve_stub
-from tests.conftest import ROOT, needs_sglang, run_cli, write_profile
+from tests.conftest import ROOT, cli, needs_sglang, write_profile
 
 DATA = Path(__file__).parent / "data" / "gsm8k"  # 60 test and 20 train questions of GSM8K (MIT)
 RATE, TTFT_MS, ITL_MS = 0.7, 30.0, 20.0
@@ -66,7 +66,7 @@ def served(tmp_path_factory):
     try:
         prof = write_profile(tmp / "p.toml", SMOKE)
         args = ["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--server-url", url, "--data-dir", str(DATA)]
-        r = run_cli(args, timeout=900)
+        r = cli(args)
     finally:
         stop()
     run = load_run(next((tmp / "runs").iterdir()))
@@ -176,7 +176,7 @@ def test_server_dying_mid_sweep_keeps_what_was_measured_and_leaves_no_process(tm
     # a child in the server's process group stands for SGLang's scheduler processes
     stub = " ".join(STUB) + " --itl-ms 2 --die-after-requests 22"
     prof = _profile(tmp_path, ["sh", "-c", f"{marker} & exec {stub}"], SWEEP, port=0, ready_timeout_s=120)
-    r = run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")], timeout=600)
+    r = cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")])
     run = load_run(next((tmp_path / "runs").iterdir()))
     out = run.measurements[run.measurements["metric"] == "outcome"].set_index("case")
     # two repeats of c1: 1 warm-up + 4 requests, of c2: 2 + 4; the 23rd request (in c4) kills it
@@ -192,7 +192,7 @@ def test_server_dying_mid_sweep_keeps_what_was_measured_and_leaves_no_process(tm
 
 def test_server_never_ready_is_exit_3_with_the_reason(tmp_path):
     prof = _profile(tmp_path, [*STUB, "--never-ready"], SWEEP, port=0, ready_timeout_s=3)
-    r = run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")], timeout=120)
+    r = cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")])
     assert r.returncode == 3, r.stderr[-2000:]
     assert "was not ready within 3 s" in r.stderr
     run = load_run(next((tmp_path / "runs").iterdir()))
@@ -201,13 +201,13 @@ def test_server_never_ready_is_exit_3_with_the_reason(tmp_path):
 
 def test_bad_url_and_nothing_listening(tmp_path):
     prof = write_profile(tmp_path / "p.toml", "name = 'x'\n" + SWEEP)
-    r = run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--server-url", "localhost:30000"])
+    r = cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--server-url", "localhost:30000"])
     assert r.returncode == 2 and "expected http://HOST:PORT" in r.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    r = run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--server-url", url])
+    r = cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--server-url", url])
     assert r.returncode == 3 and f"nothing answers at {url}" in r.stderr
 
 
@@ -217,14 +217,14 @@ def test_port_in_use(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         prof = _profile(tmp_path, STUB, SWEEP, port=port)
-        r = run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")])
+        r = cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")])
     assert r.returncode == 3 and f"port {port} on 127.0.0.1 is in use" in r.stderr
 
 
 def test_missing_data_offline_says_to_pass_data_dir(tmp_path):
     prof = _profile(tmp_path, STUB, "[accuracy]\ncookbook = { questions = 5 }\n", port=0)
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": ""}
-    r = run_cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")], env=env, timeout=120)
+    r = cli(["run", "--suite", str(prof), "--store", str(tmp_path / "runs")], env=env)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "could not be downloaded" in r.stderr and "--data-dir" in r.stderr
 
@@ -259,9 +259,9 @@ def test_resume_measures_nothing_twice_and_loses_nothing(tmp_path):
     try:
         prof = write_profile(tmp_path / "p.toml", "name = 'r'\n[accuracy]\nlm_eval = { questions = 10 }\n")
         args = ["run", "--suite", str(prof), "--store", str(tmp_path / "runs"), "--server-url", url]
-        first = run_cli([*args, "--data-dir", str(DATA)], timeout=600)
+        first = cli([*args, "--data-dir", str(DATA)])
         run_id = first.stdout.strip().splitlines()[-1]
-        again = run_cli([*args, "--data-dir", str(DATA), "--resume", run_id], timeout=600)
+        again = cli([*args, "--data-dir", str(DATA), "--resume", run_id])
     finally:
         stop()
     assert first.returncode == again.returncode == 0, again.stderr[-2000:]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT, needs_sglang
+from tests.conftest import ROOT, needs_sglang
 
 FAKE_CUDA = """
 import torch

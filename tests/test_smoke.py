@@ -2,11 +2,15 @@
 real Triton MLA kernel under the interpreter against the fp64 oracle, a run in ./runs and its page."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from harness.results.store import list_runs
-from tests.conftest import needs_sglang, run_cli
+from tests.conftest import cli, needs_sglang
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +21,7 @@ def smoke(tmp_path_factory):
         pytest.skip("a GPU host runs the flash shapes instead: tests/test_gpu.py")
     needs_sglang()
     cwd = tmp_path_factory.mktemp("user")
-    r = run_cli(["run"], cwd=cwd)
+    r = cli(["run"], cwd=cwd)
     return r, cwd
 
 
@@ -74,5 +78,19 @@ def test_html_page(smoke):
 
 def test_runs_lists_it(smoke):
     _, cwd = smoke
-    r = run_cli(["runs"], cwd=cwd)
+    r = cli(["runs"], cwd=cwd)
     assert r.returncode == 0 and "complete" in r.stdout and "smoke" in r.stdout
+
+
+def test_the_installed_console_script(smoke):
+    """`sm120-harness`, the entry point pyproject's [project.scripts] installs, in a process of its own."""
+    _, cwd = smoke
+    script = Path(sys.executable).with_name("sm120-harness")
+    if not script.is_file():
+        if os.environ.get("CI"):
+            pytest.fail("the harness is not installed; CI must install it (pip install -e .)")
+        pytest.skip("the harness is not installed (pip install -e .)")
+    r = subprocess.run([str(script), "runs", "--json"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = list_runs(cwd / "runs")
+    assert [m["run_id"] for m in json.loads(r.stdout)] == [run.run_id]

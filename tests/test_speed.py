@@ -7,8 +7,7 @@ import re
 import pytest
 
 from harness.profile import ProfileError, load_profile
-from harness.results.store import load_run
-from tests.conftest import OPS, run_cli, write_profile
+from tests.conftest import OPS, engine, write_profile
 
 PROFILE = """
 name = "durations"
@@ -23,26 +22,20 @@ OP = "toy_durations"
 
 
 def _run(tmp, cache, slots: int):
+    """The engine itself (harness.run.execute): what it said, and the run."""
     prof = write_profile(tmp / "p.toml", PROFILE)
     store = tmp / "runs"
     before = {d.name for d in store.iterdir()} if store.exists() else set()
-    r = run_cli(
-        [
-            "run",
-            "--suite",
-            str(prof),
-            "--store",
-            str(store),
-            "--kernels-dir",
-            str(OPS),
-            "--only",
-            "toy_durations,toy_compile",
-        ],
+    outcome, said = engine(
         env={"SM120_HARNESS_CACHE": str(cache), "SM120_HARNESS_SLOTS": str(slots)},
+        profile=prof,
+        store=str(store),
+        kernels_dir=OPS,
+        only=["toy_durations", "toy_compile"],
     )
-    assert r.returncode == 0, r.stderr[-3000:]
-    (new,) = {d.name for d in store.iterdir()} - before
-    return r, load_run(store / new)
+    assert outcome.code == 0, said[-3000:]
+    assert {d.name for d in store.iterdir()} - before == {outcome.run.run_id}
+    return said, outcome.run
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +55,7 @@ def _wall(run) -> dict:
 
 
 def test_every_path_says_where_its_seconds_went(runs):
-    (r, first), _ = runs
+    (said, first), _ = runs
     wall = _wall(first)
     for path in ("a", "b", "c", "d"):
         total = wall[(OP, path, "wall_total_s")][0]
@@ -74,7 +67,7 @@ def test_every_path_says_where_its_seconds_went(runs):
     a = {p: wall[(OP, "a", f"wall_{p}_s")][0] for p in ("call", "timing", "jit")}
     assert 1.9 < a["call"] < 2.6 and 0.95 < a["timing"] < 1.4 and a["jit"] < 0.3, a
     assert wall[(OP, "a", "wall_total_s")][1]["workers"] == 1
-    assert "where the time went" in r.stderr and "toy_durations" in r.stderr
+    assert "where the time went" in said and "toy_durations" in said
     page = (first.dir / "artifacts" / "report.html").read_text()
     assert "Where the time went" in page
 

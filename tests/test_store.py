@@ -113,7 +113,7 @@ def test_a_remote_store_is_published_whole_and_read_back():
 
 
 def test_cli_with_a_store_url(tmp_path):
-    from tests.conftest import OPS, run_cli, write_profile
+    from tests.conftest import OPS, cli, write_profile
 
     prof = write_profile(
         tmp_path / "p.toml",
@@ -121,10 +121,10 @@ def test_cli_with_a_store_url(tmp_path):
     )
     url = (tmp_path / "shared").as_uri()  # file:// : the URL code path on a real filesystem
     for _ in range(2):
-        r = run_cli(["run", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", url])
+        r = cli(["run", "--suite", str(prof), "--kernels-dir", str(OPS), "--store", url])
         assert r.returncode == 0, r.stderr[-2000:]
     assert len(list_runs(url)) == 2
-    r = run_cli(
+    r = cli(
         [
             "gate",
             "--baseline",
@@ -138,5 +138,5 @@ def test_cli_with_a_store_url(tmp_path):
         ]
     )
     assert r.returncode == 0 and r.stdout.startswith("### PASS")
-    r = run_cli(["report", "--store", url, "--out", str(tmp_path / "site"), "--kernels-dir", str(OPS)])
+    r = cli(["report", "--store", url, "--out", str(tmp_path / "site"), "--kernels-dir", str(OPS)])
     assert r.returncode == 0 and (tmp_path / "site" / "index.html").exists()
