@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.workers.environment import scoped_environ
+
 SOURCE = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{}.jsonl"
 SHA256 = {
     "test": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
@@ -131,8 +133,9 @@ def run_lm_eval(
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
         raise EvalError(f"lm-eval is not installed (pip install 'sm120-harness[serve]'): {exc}") from exc
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the data is local; never wait on the hub
-    with tempfile.TemporaryDirectory(prefix="sm120-harness-lm-eval-") as tmp:
+    offline = {} if "HF_DATASETS_OFFLINE" in os.environ else {"HF_DATASETS_OFFLINE": "1"}
+    # the data is local: never wait on the hub (for this evaluation only; the caller's environment stays)
+    with scoped_environ(offline), tempfile.TemporaryDirectory(prefix="sm120-harness-lm-eval-") as tmp:
         _task_yaml(data, Path(tmp))
         res = lm_eval.simple_evaluate(
             model="local-completions",

@@ -16,7 +16,7 @@ from queue import Empty, Queue
 from typing import Generic, TypeVar
 
 from harness.workers.forkserver import ForkServer
-from harness.workers.worker import kill_all
+from harness.workers.worker import STOPPED, kill_all
 
 U = TypeVar("U")
 
@@ -60,6 +60,7 @@ class Executor(Generic[U]):
         after: Callable[[Ran[U]], None] = lambda ran: None,
     ) -> list[Ran[U]]:
         cancelled = self.slots.cancelled
+        STOPPED.clear()  # a new run: workers may start again (an earlier run in this process was stopped)
         todo: Queue = Queue()
         for u in units:
             todo.put(u)

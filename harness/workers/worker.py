@@ -29,7 +29,12 @@ CHILD = "harness.parity.child"  # the module a worker runs (python -m), or a for
 ACTIVE: set[subprocess.Popen] = set()  # live workers, killed by kill_all() on an interrupt
 
 
+STOPPED = threading.Event()  # set by kill_all(): no worker is started (or restarted) until the next run
+
+
 def kill_all() -> None:
+    """Stop every live worker, and start none for what they left (a run was interrupted)."""
+    STOPPED.set()
     for proc in list(ACTIVE):
         _kill(proc)
 
@@ -86,7 +91,7 @@ def run_path(
     """Run every case of `job` in worker subprocesses (forked from `forks` where it can); yield one
     Result per case, in order. The first result of each worker carries its start-up seconds."""
     pending = list(job.cases)
-    while pending:
+    while pending and not STOPPED.is_set():
         sub = Job(**{**job.__dict__, "cases": pending})
         done = yield from _one_worker(sub, timeout_s=timeout_s, log=log, env=env, forks=forks)
         pending = pending[done:]
