@@ -15,10 +15,10 @@ import time
 import torch
 
 from harness.content import content_dir
+from harness.parity import deepgemm, drift
 from harness.parity.catalogue import discover
 from harness.parity.inputs import build_inputs, to_device
 from harness.parity.op import ORACLE, Unavailable
-from harness.parity import deepgemm, drift
 
 # small DeepSeek-V4-Flash shapes every SM90 kernel takes
 DEFAULT_CASES = {
