@@ -15,6 +15,7 @@ from harness import jobs
 from harness import run as engine
 from harness.content import content_dir
 from harness.history.bisect import BisectError, StepError, bisect, summary
+from harness.pages.console import ClosableStdout, runs_table
 from harness.pages.site import build as build_site
 from harness.results.compare import summary_counts, to_markdown
 from harness.results.store import StoreError, atomic_write, list_runs
@@ -186,17 +187,7 @@ def cmd_bisect(args) -> int:
 
 def cmd_runs(args) -> int:
     runs = list_runs(args.store)
-    if args.json:
-        print(json.dumps([r.manifest for r in runs], indent=2, default=str))
-        return engine.EXIT_OK
-    for r in runs:
-        fp = r.manifest.get("fingerprint", {})
-        gpu = (fp.get("gpu") or {}).get("names") or ["cpu"]
-        commit = (fp.get("sglang_commit") or "?")[:10]
-        profile = r.manifest.get("profile", {}).get("name", "?")
-        print(
-            f"{r.run_id}  {r.manifest.get('started_at', '?')}  {r.status:<11}  sglang {commit:<10}  {gpu[0]}  {profile}"
-        )
+    print(json.dumps([r.manifest for r in runs], indent=2, default=str) if args.json else runs_table(runs))
     return engine.EXIT_OK
 
 
@@ -222,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
         args = _parser().parse_args(["run", *(argv or [])])
+    sys.stdout = ClosableStdout(sys.stdout)  # a reader that goes away never turns a failure into a pass
     try:
         return COMMANDS[args.command](args)
     except (engine.UsageError, BisectError) as exc:
@@ -233,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:  # a run or store named on the command line that is not there
         _err(str(exc))
         return engine.EXIT_INFRA if args.command == "bisect" else engine.EXIT_USAGE
-    except BrokenPipeError:
-        return engine.EXIT_OK
+    finally:
+        sys.stdout = sys.stdout.restore()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from harness.profile import KernelsConfig, Profile, ProfileError, load_profile
 from harness.results import attribution, judge
 from harness.results import metrics as M
 from harness.results.compare import compare
-from harness.results.gate import Finding, gate, markdown
+from harness.results.gate import Coverage, Finding, GateRefused, admit, coverage, gate, markdown
 from harness.results.store import Run, StoreError, is_url, list_runs, resolve_run
 from harness.run import (
     AUDIT,
@@ -75,6 +75,7 @@ def compare_runs(store: str, baseline: str, candidate: str) -> Comparison:
 @dataclass
 class GateResult:
     findings: list[Finding]
+    coverage: Coverage | None  # None where the candidate was not gated whole (see the findings)
     markdown: str
 
     @property
@@ -87,7 +88,10 @@ def gate_runs(
 ) -> GateResult:
     """The candidate gated against the baseline with the gate settings of `profile` (default: the
     profile the candidate ran, else suites/smoke.toml) and the candidate's limits; the summary is also
-    appended to $GITHUB_STEP_SUMMARY where set. Raises StoreError or UsageError."""
+    appended to $GITHUB_STEP_SUMMARY where set. The gate judges only what it compared: it refuses two
+    runs of different kinds (UsageError), fails a candidate that did not end complete and one that lacks
+    rows of the baseline the profile does not allow it to lack, and says how much it compared. Raises
+    StoreError or UsageError."""
     base, cand = resolve_run(store, baseline), resolve_run(store, candidate)
     if not isinstance(profile, Profile):
         stored = Path(cand.manifest.get("profile", {}).get("file", ""))
@@ -95,17 +99,27 @@ def gate_runs(
             profile = load_profile(profile or (stored if stored.is_file() else content_dir("suites") / "smoke.toml"))
         except (ProfileError, FileNotFoundError) as exc:
             raise UsageError(str(exc)) from exc
-    cand_limits = limits.of_run(cand, profile=profile, kernels_dir=kernels_dir)
-    # the baseline is held to the candidate's limits, so a limit it crossed too is told apart
-    over, over_before = judge.breaches(cand, cand_limits), judge.breaches(base, cand_limits)
-    findings = gate(base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before)
-    md = markdown(findings, f"{cand.run_id} against {base.run_id} ({profile.file})")
-    md += moved_kernels(store, base, cand)
+    try:
+        findings = admit(base.manifest, cand.manifest, profile.gate)
+    except GateRefused as exc:
+        raise UsageError(f"gate {cand.run_id} against {base.run_id}: {exc}") from exc
+    title = f"{cand.run_id} against {base.run_id} ({profile.file})"
+    cov = None
+    if not findings:  # a whole run: judged row by row
+        cand_limits = limits.of_run(cand, profile=profile, kernels_dir=kernels_dir)
+        # the baseline is held to the candidate's limits, so a limit it crossed too is told apart
+        over, over_before = judge.breaches(cand, cand_limits), judge.breaches(base, cand_limits)
+        compared = compare(base.measurements, cand.measurements)
+        cov, missing = coverage(compared, profile.gate, cand.status)
+        findings = missing + gate(
+            base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before, compared=compared
+        )
+    md = markdown(findings, title, cov) + moved_kernels(store, base, cand)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         with open(summary_file, "a", encoding="utf-8") as f:
             f.write(md + "\n")
-    return GateResult(findings, md)
+    return GateResult(findings, cov, md)
 
 
 def capture_goldens(request: Request, out: Path) -> Outcome:

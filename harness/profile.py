@@ -285,8 +285,12 @@ def _detects(file: Path, where: str, repeats: int) -> None:
 def _gate(file: Path, t: Any) -> GateConfig:
     if not isinstance(t, dict):
         raise _err(file, "gate", "expected a table")
-    _check_keys(file, "[gate]", t, {"perf_regression", "drift_factor", "gsm8k_floor", "fail_on_preexisting", "allow"})
+    keys = {"perf_regression", "drift_factor", "gsm8k_floor", "fail_on_preexisting", "allow", "allow_missing"}
+    _check_keys(file, "[gate]", t, keys | {"subset_of"})
     cfg = GateConfig()
+    for k in ("allow_missing", "subset_of"):
+        if k in t:
+            setattr(cfg, k, _str_list(file, f"[gate].{k}", t[k]))
     for k in ("perf_regression", "drift_factor", "gsm8k_floor"):
         if k in t:
             setattr(cfg, k, _number(file, f"[gate].{k}", t[k], positive=True))

@@ -167,6 +167,7 @@ def _writer(
         "git": sglang_git(),
         "server": None,
         "limits": run_limits,
+        "only": request.only,  # a subset of the profile's ops: the gate counts what it lacks
         **request.tags,
     }
     return RunWriter.create(request.store, manifest), set()
@@ -205,8 +206,11 @@ def execute(request: Request) -> Outcome:
     except (StoreError, OSError) as exc:
         raise InfraError(str(exc)) from exc
     cache = locate_cache((profile.kernels or KernelsConfig()).cache_dir)
-    with scoped_environ(cache.env()):  # every worker, and the audit's compiler, inherit it
-        code = _run_suites(request, plan, mode, fp, writer, done, cache)
+    try:
+        with scoped_environ(cache.env()):  # every worker, and the audit's compiler, inherit it
+            code = _run_suites(request, plan, mode, fp, writer, done, cache)
+    except StoreError as exc:  # the run could not be closed (a full disk): its journal keeps the rows
+        raise InfraError(str(exc)) from exc
     return _judge(request, plan, mode, writer, code)
 
 

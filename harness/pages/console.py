@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from harness.results import metrics as M
 from harness.results.metrics import ORACLE
+from harness.results.store import DAMAGED, Run
 from harness.workers.worker import Result
 
 
@@ -141,3 +143,70 @@ def serving_summary(m: pd.DataFrame) -> str:
     for case, detail in zip(failed["case"], failed["detail"]):
         lines.append(f"FAILED {case}: {str(detail)[:300]}")
     return "\n".join(lines) if lines else "no serving measurement"
+
+
+class ClosableStdout:
+    """stdout that keeps a command going when its reader closes early (`gate ... | head`): what is left
+    to print is dropped, and the command's exit code stands."""
+
+    def __init__(self, stream):
+        self.stream, self.closed_by_reader = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self.closed_by_reader = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.closed_by_reader = True
+
+    def restore(self):
+        """The stream it wrapped; where the reader went away, its descriptor now points at /dev/null, so
+        that Python's flush at exit does not raise again."""
+        if self.closed_by_reader:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        return self.stream
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def runs_table(runs: list[Run]) -> str:
+    """`runs`: a line per run with what makes `latest` unambiguous (profile, suites, --only, status); a
+    damaged run with the file and the reason."""
+    head = ("run", "started", "status", "profile", "suites", "only", "sglang", "gpu")
+    lines = [head]
+    for r in runs:
+        m = r.manifest
+        if r.status == DAMAGED:
+            lines.append((r.run_id, "", DAMAGED, m["damaged"], "", "", "", ""))
+            continue
+        fp = m.get("fingerprint", {})
+        lines.append(
+            (
+                r.run_id,
+                m.get("started_at", "?"),
+                r.status,
+                m.get("profile", {}).get("name", "?"),
+                ",".join(m.get("suites") or []) or "-",
+                ",".join(m.get("only") or []) or "all",
+                (fp.get("sglang_commit") or "")[:10] or (fp.get("packages") or {}).get("sglang") or "?",
+                ((fp.get("gpu") or {}).get("names") or ["cpu"])[0],
+            )
+        )
+    whole = [x for x in lines if x[2] != DAMAGED]
+    widths = [max(len(str(x[i])) for x in whole) for i in range(len(head))]
+
+    def line(x: tuple) -> str:
+        if x[2] == DAMAGED:  # the reason, however long, at the end
+            return "  ".join([x[0].ljust(widths[0]), "".ljust(widths[1]), DAMAGED.ljust(widths[2]), x[3]])
+        return "  ".join(str(c).ljust(w) for c, w in zip(x, widths)).rstrip()
+
+    return "\n".join(line(x) for x in lines)

@@ -11,6 +11,7 @@ is autoescaped.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,7 @@ from harness.results import metrics as M
 from harness.results.compare import compare
 from harness.results.metrics import ORACLE
 from harness.results.stats import wilson_interval
-from harness.results.store import Run, atomic_write, list_bisects, list_runs
+from harness.results.store import DAMAGED, Run, atomic_write, list_bisects, list_runs
 
 HISTORY = 60  # runs shown in the history plots
 
@@ -187,7 +188,13 @@ def _bisect_pages(store: Path, out: Path, pages: set[str]) -> list[dict]:
 
 
 def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
-    runs = sorted(list_runs(store), key=lambda r: r.manifest.get("started_at", ""))
+    """The site of a store; a damaged run is left out, named on the index with the reason, and said on
+    stderr."""
+    found = list_runs(store)
+    damaged = [{"run_id": r.run_id, "why": r.manifest["damaged"]} for r in found if r.status == DAMAGED]
+    for d in damaged:
+        print(f"sm120-harness: report: leaving out damaged run {d['run_id']}: {d['why']}", file=sys.stderr)
+    runs = sorted((r for r in found if r.status != DAMAGED), key=lambda r: r.manifest.get("started_at", ""))
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "img").mkdir(exist_ok=True)
@@ -227,7 +234,13 @@ def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
     html = (
         _env()
         .get_template("index.html.j2")
-        .render(runs=list(reversed(rows)), images=[p.name for p in images], compare=latest_compare, bisects=bisects)
+        .render(
+            runs=list(reversed(rows)),
+            images=[p.name for p in images],
+            compare=latest_compare,
+            bisects=bisects,
+            damaged=damaged,
+        )
     )
     atomic_write(out / "index.html", html.encode())
     return out / "index.html"

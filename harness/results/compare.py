@@ -107,7 +107,8 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
         row = {k: r[k] for k in KEY}
         row.update(baseline=r.get("value_a"), candidate=r.get("value_b"), change=math.nan, p_value=math.nan)
         if r["_merge"] == "right_only":
-            verdict, reason = "new", ""
+            sb = r["status_b"]  # a path that fails is a failure, whether or not the baseline had it
+            verdict, reason = ("failed", f"{sb} (new: the baseline has no such row)") if sb in FAILURES else ("new", "")
         elif r["_merge"] == "left_only":
             verdict, reason = "missing", ""
         elif r["case_version_a"] != r["case_version_b"]:

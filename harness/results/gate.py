@@ -41,6 +41,35 @@ class GateConfig:
     gsm8k_floor: float | None = None  # an absolute accuracy floor, checked on the candidate
     fail_on_preexisting: bool = False  # a failure the baseline had too fails the gate as well
     allow: list[Allow] = field(default_factory=list)
+    allow_missing: list[str] = field(default_factory=list)  # fnmatch patterns of cases a candidate may lack
+    subset_of: list[str] = field(default_factory=list)  # profiles whose runs this profile's runs are gated against
+
+
+class GateRefused(Exception):
+    """The two runs are not a baseline and a candidate of one kind: there is nothing to gate."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What the gate compared: the baseline's judged rows, how many the candidate has, and the rest."""
+
+    baseline_rows: int
+    compared: int
+    missing: int  # the baseline's rows the candidate lacks, allowed or not
+    allowed_missing: int
+    new: int  # the candidate's rows the baseline lacks
+    candidate_status: str
+
+    @property
+    def share(self) -> float:
+        return self.compared / self.baseline_rows if self.baseline_rows else 1.0
+
+    def text(self) -> str:
+        out = f"compared {self.compared} of the baseline's {self.baseline_rows} rows ({self.share:.1%})"
+        if self.missing:
+            out += f"; {self.missing} missing from the candidate ({self.allowed_missing} allowed by the profile)"
+        out += f"; {self.new} new" if self.new else ""
+        return out + f"; the candidate is {self.candidate_status}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +99,52 @@ def _allowed(f: Finding, cfg: GateConfig, today: date) -> str | None:
     return None
 
 
+def admit(baseline: dict, candidate: dict, cfg: GateConfig) -> list[Finding]:
+    """The manifests of the two runs: GateRefused where they are not of one kind (the same run, other
+    suites, a profile that is neither the baseline's nor declares itself a subset of it); a finding
+    where the candidate did not end complete (an interrupted, killed or running run is never gated as
+    if it were whole)."""
+    if baseline.get("run_id") == candidate.get("run_id"):
+        raise GateRefused(f"the baseline and the candidate are the same run ({candidate.get('run_id')})")
+    suites_a, suites_b = sorted(baseline.get("suites") or []), sorted(candidate.get("suites") or [])
+    if suites_a != suites_b:
+        raise GateRefused(f"the baseline ran {suites_a or 'nothing'}, the candidate {suites_b or 'nothing'}")
+    name_a = (baseline.get("profile") or {}).get("name")
+    name_b = (candidate.get("profile") or {}).get("name")
+    if name_a != name_b and name_a not in cfg.subset_of:
+        raise GateRefused(
+            f"the baseline ran profile {name_a!r}, the candidate {name_b!r}, which does not declare itself a "
+            f"subset of it ([gate] subset_of)"
+        )
+    status = candidate.get("status")
+    if status != "complete":
+        return [Finding("(the candidate run)", "", "", "status", f"{status}: only a complete run is gated")]
+    return []
+
+
+def coverage(compared: pd.DataFrame, cfg: GateConfig, candidate_status: str) -> tuple[Coverage, list[Finding]]:
+    """How much of the baseline the candidate has, and a finding per op (or serving case) whose rows are
+    missing and not allowed by `[gate] allow_missing`. Where-the-time-went rows explain a run and are
+    not counted."""
+    judged = compared[~compared["metric"].isin(M.WALL_METRICS)]
+    missing = judged[judged["verdict"] == "missing"]
+    allowed = missing["case"].map(lambda c: any(fnmatch.fnmatchcase(c, pat) for pat in cfg.allow_missing))
+    found = []
+    for op, rows in missing[~allowed].groupby(missing["case"].str.split("/").str[0], sort=True):
+        paths = ", ".join(sorted(set(rows["impl"])))[:200]
+        what = f"{len(rows)} of the baseline's rows missing from the candidate (paths: {paths})"
+        found.append(Finding(f"{op}/*", "*", "", "*", what))
+    cov = Coverage(
+        baseline_rows=int((judged["verdict"] != "new").sum()),
+        compared=int(((judged["verdict"] != "new") & (judged["verdict"] != "missing")).sum()),
+        missing=len(missing),
+        allowed_missing=int(allowed.sum()),
+        new=int((judged["verdict"] == "new").sum()),
+        candidate_status=candidate_status,
+    )
+    return cov, found
+
+
 def _key(r) -> tuple[str, str, str, str]:
     ref = r["reference"]
     return (r["case"], r["impl"], "" if ref is None or pd.isna(ref) else ref, r["metric"])
@@ -82,16 +157,19 @@ def gate(
     cfg: GateConfig,
     today: date | None = None,
     baseline_breaches: pd.DataFrame | None = None,
+    compared: pd.DataFrame | None = None,
 ) -> list[Finding]:
-    """Every failure of `candidate`; `breaches` is what crossed its limits (harness.results.judge.breaches) and
-    `baseline_breaches` what crossed the same limits in the baseline."""
+    """Every failure of `candidate`; `breaches` is what crossed its limits (harness.results.judge.breaches),
+    `baseline_breaches` what crossed the same limits in the baseline, `compared` compare()'s rows of the
+    two where they are at hand."""
     today = today or date.today()
+    compared = compare(baseline, candidate) if compared is None else compared
     crossed_before = {_key(b) for _, b in baseline_breaches.iterrows()} if baseline_breaches is not None else set()
     found: list[Finding] = []
     for _, b in breaches.iterrows():
         what = f"{b['value']:.3g} over its ceiling {b['ceiling']:.3g}"
         found.append(Finding(*_key(b), what, preexisting=_key(b) in crossed_before))
-    for _, r in compare(baseline, candidate).iterrows():
+    for _, r in compared.iterrows():
         what, before = None, False
         if r["verdict"] == "failed":
             what, before = r["reason"], r["reason"].endswith("as in the baseline")
@@ -121,12 +199,12 @@ def gate(
     return [Finding(**{**f.__dict__, "allowed_by": _allowed(f, cfg, today)}) for f in found]
 
 
-def markdown(findings: list[Finding], title: str) -> str:
+def markdown(findings: list[Finding], title: str, cov: Coverage | None = None) -> str:
     failing = [f for f in findings if f.failing]
     before = [f for f in findings if f.allowed_by is None and f.preexisting]
     allowed = [f for f in findings if f.allowed_by is not None]
     counts = f"{len(failing)} failing, {len(before)} failing before this change, {len(allowed)} allowed"
-    head = f"### {'FAIL' if failing else 'PASS'}: {title}\n\n{counts}"
+    head = f"### {'FAIL' if failing else 'PASS'}: {title}\n\n{counts}" + (f"\n\n{cov.text()}" if cov else "")
     lines = [head, ""]
     if findings:
         lines += ["| | case | impl | reference | metric | what |", "|---|---|---|---|---|---|"]

@@ -75,6 +75,7 @@ def wall(part: str) -> str:
 
 
 WALL_TOTAL = wall("total")
+WALL_METRICS = frozenset(wall(p) for p in ("total", *WALL_PARTS))  # where a run's seconds went
 # bench_serving's latencies: <what>_ms_<statistic>, and the key of each in its result JSON
 LATENCIES = {"ttft": "ttft_ms", "itl": "itl_ms", "tpot": "tpot_ms", "e2e_latency": "e2e_ms"}
 LATENCY_STATS = ("mean", "median", "p90", "p99")

@@ -170,8 +170,12 @@ class RunWriter:
             "host": socket.gethostname(),
         }
         writer = cls(run_dir, manifest, f"{str(store).rstrip('/')}/{run_id}" if remote else None)
-        writer.save_manifest()
-        writer._journal = open(run_dir / "measurements.jsonl", "a", encoding="utf-8")
+        try:
+            writer.save_manifest()
+            writer._journal = open(run_dir / "measurements.jsonl", "a", encoding="utf-8")
+        except OSError as exc:  # a full disk: no empty folder is left to be taken for a run
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise StoreError(f"{run_dir}: cannot start the run: {exc}") from exc
         return writer
 
     @classmethod
@@ -220,10 +224,18 @@ class RunWriter:
         rows = read_journal(self.dir / "measurements.jsonl")
         buf = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)
-        atomic_write(self.dir / "measurements.parquet", buf.getvalue().to_pybytes())
-        (self.dir / "measurements.jsonl").unlink()
+        parquet = self.dir / "measurements.parquet"
+        try:
+            atomic_write(parquet, buf.getvalue().to_pybytes())
+        except OSError as exc:  # a full disk: the journal keeps every row; the run reads as interrupted
+            raise StoreError(f"{parquet}: cannot be written ({exc}); the rows are kept in measurements.jsonl") from exc
         self.manifest.update(status=status, ended_at=now(), measurements=len(rows), **extra)
-        self.save_manifest()
+        try:
+            self.save_manifest()
+        except OSError as exc:
+            parquet.unlink(missing_ok=True)  # the journal stays the run's record
+            raise StoreError(f"{self.dir / 'run.json'}: cannot be written ({exc}); the rows are kept") from exc
+        (self.dir / "measurements.jsonl").unlink()
 
     def publish(self) -> str:
         """Copy a finished run to its remote store, run.json last; a local store needs nothing. If the
@@ -285,32 +297,62 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+DAMAGED = "damaged"  # a run whose files cannot be read, or do not agree with each other
+
+
+def _manifest(text: bytes | str, where: str) -> dict:
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{where}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("run_id"), str):
+        raise StoreError(f"{where}: not a run manifest (no run_id)")
+    return manifest
+
+
+def _rows(read: Callable[[], pa.Table], where: str, manifest: dict) -> pd.DataFrame:
+    """A finished run's rows; a file that cannot be read, or holds another count of rows than its
+    manifest says it was written with, is damaged."""
+    try:
+        df = read().to_pandas()
+    except Exception as exc:  # pyarrow says ArrowInvalid, OSError, ... for a truncated or foreign file
+        raise StoreError(f"{where}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    wrote = manifest.get("measurements")
+    if isinstance(wrote, int) and wrote != len(df):
+        raise StoreError(f"{where}: {len(df)} rows, its run.json says {wrote} were written")
+    return df
+
+
 def _load_remote(url: str) -> Run:
     fs, root = fsspec.core.url_to_fs(url)
     try:
-        manifest = json.loads(fs.cat_file(f"{root}/run.json"))
+        manifest = _manifest(fs.cat_file(f"{root}/run.json"), f"{url}/run.json")
     except FileNotFoundError as exc:
         raise StoreError(f"{url}: no run.json, not a run") from exc
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"{url}/run.json: not valid JSON ({exc})") from exc
-    with fs.open(f"{root}/measurements.parquet", "rb") as f:
-        df = pq.read_table(f, schema=SCHEMA).to_pandas()
-    return Run(url, manifest, df)
+
+    def read() -> pa.Table:
+        with fs.open(f"{root}/measurements.parquet", "rb") as f:
+            return pq.read_table(f, schema=SCHEMA)
+
+    return Run(url, manifest, _rows(read, f"{url}/measurements.parquet", manifest))
 
 
 def load_run(run_dir: str | Path) -> Run:
+    """One run; StoreError naming the file where it is damaged."""
     if is_url(run_dir):
         return _load_remote(str(run_dir))
     run_dir = Path(run_dir)
     try:
-        manifest = json.loads((run_dir / "run.json").read_text())
+        manifest = _manifest((run_dir / "run.json").read_bytes(), str(run_dir / "run.json"))
     except FileNotFoundError as exc:
         raise StoreError(f"{run_dir}: no run.json, not a run") from exc
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"{run_dir / 'run.json'}: not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise StoreError(f"{run_dir / 'run.json'}: cannot be read ({exc})") from exc
     parquet = run_dir / "measurements.parquet"
     if parquet.exists():
-        df = pq.read_table(parquet, schema=SCHEMA).to_pandas()
+        df = _rows(lambda: pq.read_table(parquet, schema=SCHEMA), str(parquet), manifest)
+    elif manifest.get("status") not in ("running", "interrupted"):
+        raise StoreError(f"{parquet}: missing, though its run.json says the run ended {manifest.get('status')}")
     else:
         df = pd.DataFrame(read_journal(run_dir / "measurements.jsonl"), columns=list(COLUMNS))
         # A run whose process is gone without finishing was killed: say so, on read, without writing.
@@ -321,20 +363,36 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(run_dir, manifest, df)
 
 
+def _damaged(where: str | Path, run_id: str, exc: StoreError) -> Run:
+    """A run that cannot be read, as `list_runs` lists it: named, with the reason, and no rows."""
+    manifest = {"run_id": run_id, "status": DAMAGED, "damaged": str(exc)}
+    return Run(where, manifest, pd.DataFrame(columns=list(COLUMNS)))
+
+
 def list_runs(store: str | Path) -> list[Run]:
+    """Every run of the store, oldest folder first; a damaged run is listed with status `damaged` and
+    the reason, so one bad run never hides the others."""
+    runs = []
     if is_url(store):
         fs, root = fsspec.core.url_to_fs(str(store))
         if not fs.exists(root):
             return []
-        dirs = sorted(p for p in fs.ls(root, detail=False) if fs.exists(f"{p}/run.json"))
-        return [_load_remote(fs.unstrip_protocol(p)) for p in dirs]
+        for p in sorted(p for p in fs.ls(root, detail=False) if fs.exists(f"{p}/run.json")):
+            url = fs.unstrip_protocol(p)
+            try:
+                runs.append(_load_remote(url))
+            except StoreError as exc:
+                runs.append(_damaged(url, p.rstrip("/").rsplit("/", 1)[-1], exc))
+        return runs
     store = Path(store)
     if not store.is_dir():
         return []
-    runs = []
     for d in sorted(store.iterdir()):
         if (d / "run.json").exists():
-            runs.append(load_run(d))
+            try:
+                runs.append(load_run(d))
+            except StoreError as exc:
+                runs.append(_damaged(d, d.name, exc))
     return runs
 
 
@@ -363,15 +421,22 @@ def latest(store: str | Path, match: Callable[[dict], bool]) -> Run | None:
 
 
 def resolve_run(store: str | Path, ref: str) -> Run:
-    """A run named by its directory, its id, `latest`, `latest:<profile>`, or an SGLang commit prefix."""
+    """A run named by its directory, its id, `latest`, `latest:<profile>`, or an SGLang commit prefix.
+    `latest` names the last run that ended (never one in progress, nor a damaged one); a damaged run
+    asked for by name is an error naming its file."""
     if Path(ref).is_dir() and (Path(ref) / "run.json").exists():
         return load_run(Path(ref))
     runs = list_runs(store)
     if ref == "latest" or ref.startswith("latest:"):
         profile = ref.partition(":")[2]
-        match = [r for r in runs if not profile or r.manifest.get("profile", {}).get("name") == profile]
+        match = [
+            r
+            for r in runs
+            if r.status not in ("running", DAMAGED)
+            and (not profile or r.manifest.get("profile", {}).get("name") == profile)
+        ]
         if not match:
-            raise StoreError(f"{store}: no run matches {ref!r}")
+            raise StoreError(f"{store}: no run that ended matches {ref!r}")
         return max(match, key=lambda r: r.manifest.get("started_at", ""))
     match = [r for r in runs if r.run_id == ref] or [
         r
@@ -380,9 +445,10 @@ def resolve_run(store: str | Path, ref: str) -> Run:
     ]
     if not match:
         raise StoreError(f"{store}: no run with id or SGLang commit {ref!r}")
-    if len(match) > 1:
-        return max(match, key=lambda r: r.manifest.get("started_at", ""))
-    return match[0]
+    found = max(match, key=lambda r: r.manifest.get("started_at", ""))
+    if found.status == DAMAGED:
+        raise StoreError(found.manifest["damaged"])
+    return found
 
 
 BISECTS = "bisects"  # <store>/bisects/<id>.json: a bisect's steps and result (harness/history/bisect.py)
