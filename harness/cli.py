@@ -129,7 +129,7 @@ def cmd_run(args) -> int:
 
 def cmd_compare(args) -> int:
     c = jobs.compare_runs(args.store, args.baseline, args.candidate)
-    md = to_markdown(c.rows, c.title) + c.moved
+    md = to_markdown(c.rows, c.title) + c.runs + c.moved
     shown = c.rows if args.all else c.rows[c.rows["verdict"] != "same"]
     if args.md:
         atomic_write(args.md, (md + "\n").encode())

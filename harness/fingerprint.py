@@ -26,24 +26,6 @@ PACKAGES = {
     "sglang": "sglang",
     "sm120-harness": "harness",
 }
-_SECRET = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth)", re.IGNORECASE)
-
-
-def redact(args: list[str]) -> list[str]:
-    """Hide values of secret-looking flags and KEY=VALUE pairs before anything is written."""
-    out, hide_next = [], False
-    for a in args:
-        if hide_next:
-            out.append("***")
-            hide_next = False
-        elif "=" in a and _SECRET.search(a.split("=", 1)[0]):
-            out.append(a.split("=", 1)[0] + "=***")
-        elif a.startswith("-") and _SECRET.search(a):
-            out.append(a)
-            hide_next = True
-        else:
-            out.append(a)
-    return out
 
 
 def _version(dist: str) -> str | None:

@@ -58,10 +58,19 @@ def moved_kernels(store: str, baseline: Run, candidate: Run, compared: pd.DataFr
     return attribution.markdown(found, (baseline.manifest, candidate.manifest), others)
 
 
+def describe(run: Run) -> str:
+    """What a run is, in a line: what `latest` and a comparison need to be unambiguous."""
+    m = run.manifest
+    only = f", only {','.join(m['only'])}" if m.get("only") else ""
+    suites = ",".join(m.get("suites") or []) or "nothing"
+    return f"{run.run_id}: {run.status}, profile {m.get('profile', {}).get('name', '?')}, {suites}{only}"
+
+
 @dataclass
 class Comparison:
     rows: pd.DataFrame  # every aligned row with its verdict
     title: str
+    runs: str  # what the two runs are (status, profile, suites, --only), as Markdown
     moved: str  # the kernels that moved, as Markdown ("" where nothing end to end dropped)
 
 
@@ -69,7 +78,8 @@ def compare_runs(store: str, baseline: str, candidate: str) -> Comparison:
     """Two runs of the store, named as `runs` names them, compared. Raises StoreError."""
     a, b = resolve_run(store, baseline), resolve_run(store, candidate)
     rows = compare(a.measurements, b.measurements)
-    return Comparison(rows, f"{b.run_id} against {a.run_id}", moved_kernels(store, a, b, rows))
+    runs = f"\n\nbaseline {describe(a)}  \ncandidate {describe(b)}"
+    return Comparison(rows, f"{b.run_id} against {a.run_id}", runs, moved_kernels(store, a, b, rows))
 
 
 @dataclass
@@ -114,7 +124,8 @@ def gate_runs(
         findings = missing + gate(
             base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before, compared=compared
         )
-    md = markdown(findings, title, cov) + moved_kernels(store, base, cand)
+    md = markdown(findings, title, cov) + f"\n\nbaseline {describe(base)}  \ncandidate {describe(cand)}"
+    md += moved_kernels(store, base, cand)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         with open(summary_file, "a", encoding="utf-8") as f:

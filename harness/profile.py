@@ -175,7 +175,7 @@ def _table(file: Path, where: str, t: Any, allowed: set[str]) -> dict:
 
 
 def _server(file: Path, t: Any) -> ServerConfig:
-    t = _table(file, "[server]", t, {"model", "args", "env", "command", "port", "ready_timeout_s"})
+    t = _table(file, "[server]", t, {"model", "args", "env", "command", "port", "ready_timeout_s", "secret"})
     cfg = ServerConfig()
     if "model" in t:
         if not isinstance(t["model"], str) or not t["model"]:
@@ -193,6 +193,8 @@ def _server(file: Path, t: Any) -> ServerConfig:
             if not isinstance(v, str):
                 raise _err(file, f"[server].env.{k}", f"expected a string, got {v!r}")
         cfg.env = dict(env)
+    if "secret" in t:
+        cfg.secret = _str_list(file, "[server].secret", t["secret"])
     if "port" in t:
         cfg.port = _int(file, "[server].port", t["port"], least=0)
     if "ready_timeout_s" in t:

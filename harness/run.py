@@ -24,7 +24,7 @@ from harness.audit.suite import run_audit
 from harness.cache import CacheDir
 from harness.cache import locate as locate_cache
 from harness.content import content_dir
-from harness.fingerprint import fingerprint, redact, sglang_git
+from harness.fingerprint import fingerprint, sglang_git
 from harness.pages import walltime
 from harness.pages.console import Progress, audit_summary, serving_summary, summary
 from harness.pages.run_page import render_run
@@ -33,6 +33,7 @@ from harness.parity.suite import Settings, run_kernels
 from harness.profile import KernelsConfig, Profile, ProfileError, load_profile, select
 from harness.results import judge
 from harness.results import metrics as M
+from harness.results.redaction import secret_values
 from harness.results.store import Run, RunWriter, StoreError, latest, load_run, resolve_run
 from harness.serving.gsm8k import DataError
 from harness.serving.server import ServerConfigError, ServerError, check_url
@@ -156,13 +157,14 @@ def _writer(
         redo = set(outcomes["case"]) - set(outcomes[outcomes["status"] == "ok"]["case"])
         # a unit's rows stay unless it is to be redone (lm-eval's flexible-match case has no outcome of its
         # own: it rides on gsm8k/lm_eval's)
-        writer = RunWriter.reopen(old, lambda r: r["suite"] in ("accuracy", "perf") and r["case"] not in redo)
+        keep = lambda r: r["suite"] in ("accuracy", "perf") and r["case"] not in redo  # noqa: E731
+        writer = RunWriter.reopen(old, keep, _secrets(request, plan.profile))
         writer.manifest.setdefault("limits", run_limits)  # a run from before limits were stored
         return writer, set(outcomes[outcomes["status"] == "ok"]["case"])
     manifest = {
         "profile": plan.profile.manifest(),
         "fingerprint": fp,
-        "argv": redact(sys.argv),
+        "argv": sys.argv,  # secrets hidden as the writer writes it
         "suites": suites,
         "git": sglang_git(),
         "server": None,
@@ -170,7 +172,16 @@ def _writer(
         "only": request.only,  # a subset of the profile's ops: the gate counts what it lacks
         **request.tags,
     }
-    return RunWriter.create(request.store, manifest), set()
+    return RunWriter.create(request.store, manifest, _secrets(request, plan.profile)), set()
+
+
+def _secrets(request: Request, profile: Profile) -> set[str]:
+    """What the run must never write: the secret values of the server's arguments and environment (and
+    what the profile marks secret), of the command line, and of this process's environment."""
+    s = profile.server
+    values = secret_values([*s.args, *(s.command or [])], s.env, s.secret)
+    values |= secret_values([*sys.argv, request.server_url or ""], dict(os.environ))
+    return values
 
 
 def _devices(has_gpu: bool) -> list[str | None]:

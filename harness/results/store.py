@@ -31,6 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.results.redaction import redact, redact_files
+
 COLUMNS = (
     "run_id",
     "suite",
@@ -149,9 +151,10 @@ class RunWriter:
     dir: Path
     manifest: dict
     publish_to: str | None = None  # the run's URL in a remote store, else None
+    secrets: frozenset[str] = frozenset()  # values hidden in everything written (harness/results/redaction.py)
 
     @classmethod
-    def create(cls, store: str | Path, manifest: dict) -> RunWriter:
+    def create(cls, store: str | Path, manifest: dict, secrets: Iterable[str] = ()) -> RunWriter:
         run_id = new_run_id()
         remote = is_url(store)
         local_root = Path(tempfile.mkdtemp(prefix="sm120-harness-run-")) if remote else Path(store)
@@ -169,7 +172,7 @@ class RunWriter:
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
-        writer = cls(run_dir, manifest, f"{str(store).rstrip('/')}/{run_id}" if remote else None)
+        writer = cls(run_dir, manifest, f"{str(store).rstrip('/')}/{run_id}" if remote else None, frozenset(secrets))
         try:
             writer.save_manifest()
             writer._journal = open(run_dir / "measurements.jsonl", "a", encoding="utf-8")
@@ -179,7 +182,7 @@ class RunWriter:
         return writer
 
     @classmethod
-    def reopen(cls, run: Run, keep: Callable[[dict], bool]) -> RunWriter:
+    def reopen(cls, run: Run, keep: Callable[[dict], bool], secrets: Iterable[str] = ()) -> RunWriter:
         """Continue a local run (resume): its rows that `keep` accepts go back into a fresh journal,
         the others (failures to be retried) are dropped; the manifest says it is running again."""
         if run.status == "running":
@@ -191,7 +194,7 @@ class RunWriter:
         manifest = {**run.manifest, "status": "running", "ended_at": None, "pid": os.getpid()}
         manifest["host"] = socket.gethostname()
         manifest["resumed"] = [*run.manifest.get("resumed", []), now()]
-        writer = cls(run.dir, manifest)
+        writer = cls(run.dir, manifest, secrets=frozenset(secrets))
         writer.save_manifest()
         writer._journal = open(journal, "a", encoding="utf-8")
         return writer
@@ -205,22 +208,22 @@ class RunWriter:
         return self.dir / "artifacts"
 
     def save_manifest(self) -> None:
-        atomic_write(
-            self.dir / "run.json", (json.dumps(self.manifest, indent=2, default=_json_default) + "\n").encode()
-        )
+        manifest = redact(self.manifest, self.secrets)
+        atomic_write(self.dir / "run.json", (json.dumps(manifest, indent=2, default=_json_default) + "\n").encode())
 
     def add(self, rows: list[dict]) -> None:
         for r in rows:
             missing = set(COLUMNS) - set(r)
             if missing:
                 raise StoreError(f"measurement row lacks {sorted(missing)}")
-            self._journal.write(dumps(r) + "\n")
+            self._journal.write(dumps(redact(r, self.secrets)) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())
 
     def finish(self, status: str, **extra: Any) -> None:
         """Consolidate the journal into measurements.parquet, then mark the manifest."""
         self._journal.close()
+        redact_files(self.artifacts, self.secrets)  # what the server and the clients logged
         rows = read_journal(self.dir / "measurements.jsonl")
         buf = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf)

@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.results.redaction import redact_args
+
 
 class ServerError(Exception):
     """The server could not be started, reached or kept: an infrastructure failure (exit 3)."""
@@ -40,6 +42,7 @@ class ServerConfig:
     port: int = 30000  # 0: any free port
     ready_timeout_s: float = 1800.0  # loading DeepSeek-V4-Flash and capturing CUDA graphs takes minutes
     url: str | None = None  # attach to a running server instead of launching one
+    secret: list[str] = field(default_factory=list)  # flags and variables whose values are secret
 
 
 def check_url(url: str) -> str:
@@ -140,7 +143,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.artifacts.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.write(f"$ {' '.join(redact_args(cmd, self.cfg.secret))}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 cmd,
