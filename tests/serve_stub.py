@@ -17,6 +17,11 @@ The "model" is deterministic so that tests can compute exactly what the clients 
 * Tokenizer: a word-level HF tokenizer written at start; ``/model_info`` returns its directory as
   ``tokenizer_path`` so bench_serving's ``random-ids`` prompts decode and count consistently.
 * Lifecycle knobs: a startup delay (health 503), never ready, exit hard after N requests, a share of 500s.
+* Misbehaviour at the protocol boundary, as a broken server or proxy shows it to every client alike:
+  ``broken="invalid_json"`` answers each generation request 200 with a body cut short (not JSON; a stream's
+  events likewise), ``broken="no_number"`` answers well-formed but with no number in the text (nothing a
+  GSM8K scorer can read), and ``stall_after=N`` leaves every generation request after the N-th hanging
+  mid-response (headers and the first bytes of the body sent, then nothing) until the stub stops.
 
 Run it as ``python -m tests.serve_stub --port 0 [options]`` (prints ``ready <port>`` once listening), or in
 process with :func:`start_stub`, which returns ``(url, stop)``.
@@ -61,6 +66,11 @@ FIRST_WORD_ID = 2
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 DEFAULT_GENERATE_MAX_NEW_TOKENS = 128
 DEFAULT_CHAT_MAX_TOKENS = 4096
+
+# StubConfig.broken: a 200 whose body is not JSON; an answer with no number in it.
+BROKEN = ("invalid_json", "no_number")
+# What a model that cannot do the task writes instead of an answer (no digit: no scorer reads a number).
+NO_NUMBER_ANSWER = "I am not able to work that out."
 
 
 # --------------------------------------------------------------------------------------------------- GSM8K model
@@ -344,6 +354,8 @@ class StubConfig:
     never_ready: bool = False
     die_after_requests: int = 0  # 0: never
     fail_rate: float = 0.0
+    broken: str | None = None  # one of BROKEN: how every generation request is answered wrongly
+    stall_after: int = 0  # 0: never; generation requests after the N-th hang mid-response
     context_length: int = 1 << 20
     version: str = SGLANG_VERSION
     # The CLI exits the process; in process that would kill the caller, so the server only stops answering.
@@ -396,6 +408,8 @@ class StubServer:
     def __init__(self, config: StubConfig) -> None:
         if not 0.0 <= config.fail_rate <= 1.0:
             raise ValueError("fail_rate must be in [0, 1]")
+        if config.broken is not None and config.broken not in BROKEN:
+            raise ValueError(f"broken must be one of {BROKEN}, got {config.broken!r}")
         self.config = config
         self.stats = _Stats()
         self.started = time.time()
@@ -410,6 +424,7 @@ class StubServer:
         self._slots: asyncio.Semaphore | None = None
         self._runner: web.AppRunner | None = None
         self._transports: set[asyncio.BaseTransport] = set()
+        self._unstall = asyncio.Event()  # set on close: stalled requests end
 
     # ---- lifecycle
 
@@ -445,6 +460,7 @@ class StubServer:
         return self.port
 
     async def close(self) -> None:
+        self._unstall.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -503,6 +519,33 @@ class StubServer:
             return True
         return False
 
+    async def _misbehave(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse | None:
+        """The answer of a broken or stalled server to a generation request just admitted, else None.
+
+        Both are the same for every route and client: a 200 whose JSON (or whose stream's first event) is
+        cut short. Broken, the body ends there; stalled, nothing more is sent until the stub stops."""
+        stall = 0 < self.config.stall_after < self.stats.requests
+        if not stall and self.config.broken != "invalid_json":
+            return None
+        stream = bool(body.get("stream"))
+        head = f'{{"id":"{uuid.uuid4().hex}","object":"text_completion","choices":[{{"index":0,"text":"'
+        resp = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream" if stream else "application/json"}
+        )
+        try:
+            await resp.prepare(request)
+            if stall:
+                await resp.write((f"data: {head}" if stream else head).encode())
+                await self._unstall.wait()  # the stub stops: the connection is cut
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+            await resp.write((f"data: {head}\n\ndata: [DONE]\n\n" if stream else head).encode())
+            await resp.write_eof()
+        except ConnectionResetError:  # the client gave up on it first
+            pass
+        return resp
+
     # ---- the model
 
     def _natural(self, prompt: str | None, chat: bool) -> tuple[str, bool]:
@@ -513,7 +556,7 @@ class StubServer:
         if found is None:
             return "", False
         row, marker = found
-        body = self.bank.answer(row)
+        body = NO_NUMBER_ANSWER if self.config.broken == "no_number" else self.bank.answer(row)
         if chat:
             return body, True
         # A base model after a few-shot completion prompt goes on to the next "Question:"; clients stop there.
@@ -601,6 +644,8 @@ class StubServer:
         body = await self._read_json(request)
         if self._admit():
             return self._openai_error("Internal server error (stub --fail-rate)", 500, "InternalServerError")
+        if (broken := await self._misbehave(request, body)) is not None:
+            return broken
         if body.get("echo") or body.get("logprobs"):
             return self._openai_error("the stub does not compute logprobs", 400, "BadRequestError")
         prompt = body.get("prompt", "")
@@ -691,6 +736,8 @@ class StubServer:
         body = await self._read_json(request)
         if self._admit():
             return self._openai_error("Internal server error (stub --fail-rate)", 500, "InternalServerError")
+        if (broken := await self._misbehave(request, body)) is not None:
+            return broken
         messages = body.get("messages") or []
         contents = []
         for m in messages:
@@ -800,6 +847,8 @@ class StubServer:
         body = await self._read_json(request)
         if self._admit():
             return web.json_response({"error": {"message": "Internal server error (stub --fail-rate)"}}, status=500)
+        if (broken := await self._misbehave(request, body)) is not None:
+            return broken
         if body.get("text") is not None:
             batch = isinstance(body["text"], list)
             items = body["text"] if batch else [body["text"]]
@@ -1042,6 +1091,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--never-ready", action="store_true", help="/health stays 503")
     p.add_argument("--die-after-requests", type=int, default=0, help=f"exit {DIE_EXIT_CODE} on request N+1")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of generation requests answered 500")
+    p.add_argument("--broken", choices=BROKEN, default=None, help="answer every generation request wrongly")
+    p.add_argument("--stall-after", type=int, default=0, help="hang mid-response from generation request N+1")
     p.add_argument("--context-length", type=int, default=1 << 20)
     p.add_argument("--sglang-version", dest="version", default=SGLANG_VERSION, help="/server_info version")
     return p

@@ -136,3 +136,52 @@ def test_markdown_lists_what_changed():
     b = [_timing("B", 110.0, 0.005, seed=2)]
     md = to_markdown(compare(_frame(a), _frame(b)), "B against A")
     assert "1 regressed" in md and "| regressed | op/c | sglang.triton |" in md
+
+
+def _repeats(run, samples, case="op/c"):
+    """A timing with these repeats, its value their median."""
+    s = sorted(samples)
+    median = (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+    return row(run, "kernels", case, "v1", "sglang.triton", "time_us", median, unit="us", samples=list(samples))
+
+
+@pytest.mark.parametrize(
+    "a,b,p",
+    [
+        ([100, 101, 102, 103], [110, 111, 112, 113], 2 / 70),  # 4 a side, apart: 1 split of C(8,4)
+        ([100, 101, 102], [110, 111, 112, 113, 114], 2 / 56),  # 3 against 5: 1 of C(8,3)
+        # 2 against 8: 2/45 = 0.044; the normal approximation's least was 0.0502, so this went to the
+        # fallback rule before, and now the test itself judges it
+        ([100, 101], [110, 111, 112, 113, 114, 115, 116, 117], 2 / 45),
+    ],
+)
+def test_samples_enough_for_the_exact_test_are_judged_by_it(a, b, p):
+    v = _verdict([_repeats("A", a)], [_repeats("B", b)], "time_us")
+    assert v["verdict"] == "regressed" and v["p_value"] == pytest.approx(p) and "fallback" not in v["reason"]
+
+
+@pytest.mark.parametrize(
+    "a,b,least",
+    [
+        ([100, 101, 102], [110, 111, 112], "0.1"),  # 3 a side: at best 2/20 = 0.1 (the approximation: 0.081)
+        ([100, 101, 102], [110, 111, 112, 113], "0.057"),  # 3 against 4: 2/35
+    ],
+)
+def test_samples_too_few_for_the_exact_test_fall_back_to_no_overlap(a, b, least):
+    v = _verdict([_repeats("A", a)], [_repeats("B", b)], "time_us")
+    rule = "by the fallback rule, the repeats of the two runs do not overlap"
+    assert v["verdict"] == "regressed"
+    assert v["reason"].endswith(f"samples cannot reach p<0.05 (least p {least}); {rule}")
+    # overlapping repeats: the rule does not hold, and the change is not confirmed
+    v = _verdict([_repeats("A", a)], [_repeats("B", [a[-1], *b[1:]])], "time_us")
+    assert v["verdict"] == "same" and v["reason"].startswith("~") and f"least p {least}" in v["reason"]
+
+
+def test_tied_repeats_are_not_a_change_the_exact_test_cannot_confirm():
+    # timings read at 3 us resolution, 4 repeats a side, the medians 6% apart: the normal approximation
+    # gave p=0.033 and a regression; over the 70 splits of the pooled repeats, 2 put a's U at or below
+    # its 0.5, so p = 4/70 = 0.057: not significant
+    a, b = [100, 100, 100, 103], [103, 106, 106, 106]
+    v = _verdict([_repeats("A", a)], [_repeats("B", b)], "time_us")
+    assert v["verdict"] == "same" and v["p_value"] == pytest.approx(4 / 70)
+    assert v["reason"] == f"+{v['change']:.1%} is within the noise (p=0.057)"

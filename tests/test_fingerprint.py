@@ -2,7 +2,8 @@
 
 import subprocess
 
-from harness.fingerprint import redact, sglang_commit
+from harness.fingerprint import sglang_commit
+from harness.results.redaction import redact_args
 
 
 def _repo(path):
@@ -53,9 +54,9 @@ def test_sources_inside_another_repository_are_not_its_commit(tmp_path, monkeypa
     assert sglang_commit() == ("abc123", "sglang/_version.py")
 
 
-def test_redact():
+def test_redact_args():
     args = ["run", "--hf-token", "hf_secret", "--api-key=sk-1", "OPENAI_API_KEY=sk-2", "--tp", "2"]
-    assert redact(args) == ["run", "--hf-token", "***", "--api-key=***", "OPENAI_API_KEY=***", "--tp", "2"]
+    assert redact_args(args) == ["run", "--hf-token", "***", "--api-key=***", "OPENAI_API_KEY=***", "--tp", "2"]
 
 
 def test_deep_gemm_version_is_that_of_the_module_an_import_finds(tmp_path, monkeypatch):

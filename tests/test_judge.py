@@ -14,7 +14,7 @@ from harness.profile import ProfileError, load_profile
 from harness.results import metrics as M
 from harness.results.compare import compare
 from harness.results.gate import GateConfig, gate, markdown
-from harness.results.store import load_run, row
+from harness.results.store import RunWriter, load_run, row
 from harness.workers.environment import drop_orphans, missing_module
 from tests.conftest import ROOT, cli, write_profile
 
@@ -193,7 +193,9 @@ def test_limits_environment_skips_and_failures_before_through_the_cli(tmp_path):
     g = cli(["gate", "--baseline", b.run_id, "--candidate", run.run_id, "--store", str(store)])
     assert g.returncode == 1, g.stdout
     assert "| fail | judged/n16 | off | fp64 | max_abs | 0.001 over its ceiling 0.0001 |" in g.stdout
-    g = cli(["gate", "--baseline", run.run_id, "--candidate", run.run_id, "--store", str(store)])
+    # the same failures in the baseline: failing before this change (a run against itself is refused)
+    again = load_run(store / cli(args, env={"JUDGED_ERROR": "1e-3"}).stdout.split()[-1])
+    g = cli(["gate", "--baseline", run.run_id, "--candidate", again.run_id, "--store", str(store)])
     assert g.returncode == 0 and "0 failing, 3 failing before this change" in g.stdout, g.stdout
     assert "| failing before this change | judged/n16 | raises |  | outcome | failed, as in the baseline |" in g.stdout
 
@@ -272,13 +274,15 @@ def test_the_site_judges_a_run_stored_before_its_limits_with_the_op_files(tmp_pa
     from harness.limits import of_run
     from harness.results.judge import breaches
 
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "run.json").write_text(json.dumps({"run_id": "r", "status": "complete"}))
-    rows = [row("r", "kernels", "hash_topk/tiny_t1_s0", "v", "sglang.torch", "ids_mismatch", 3.0, reference="fp64")]
-    pd.DataFrame(rows).to_json(tmp_path / "r" / "measurements.jsonl", orient="records", lines=True)
+    w = RunWriter.create(tmp_path / "store", {})  # a manifest with no limits: a run from before they were stored
+    w.add(
+        [row(w.run_id, "kernels", "hash_topk/tiny_t1_s0", "v", "sglang.torch", "ids_mismatch", 3.0, reference="fp64")]
+    )
+    w.finish("complete")
     ops = tmp_path / "kernels"
     ops.mkdir()
     (ops / "hash_topk.py").symlink_to(ROOT / "kernels" / "hash_topk.py")
-    run = load_run(tmp_path / "r")
+    run = load_run(w.dir)
+    assert "limits" not in run.manifest
     over = breaches(run, of_run(run, kernels_dir=ops))
     assert list(over["metric"]) == ["ids_mismatch"]  # hash_topk's own CEILINGS, read from its op file

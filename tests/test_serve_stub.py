@@ -383,6 +383,50 @@ def test_die_after_requests_in_process(stub):
         http(url + "/v1/models", timeout=5)
 
 
+def test_broken_invalid_json_is_a_200_that_is_not_json(stub):
+    url = stub(broken="invalid_json")
+    for route, body in (
+        ("/v1/completions", {"prompt": "w2", "max_tokens": 2}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "w2"}], "max_tokens": 2}),
+        ("/generate", {"text": "w2", "sampling_params": {"max_new_tokens": 2}}),
+    ):
+        status, raw = http(url + route, body)
+        assert status == 200 and isinstance(raw, str), (route, raw)  # http() gives back what it cannot decode
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(raw)
+    with pytest.raises(json.JSONDecodeError):  # a stream's events are cut short as well
+        sse(url + "/v1/completions", {"prompt": "w2", "max_tokens": 2, "stream": True})
+    assert http(url + "/v1/models")[0] == 200 and http(url + "/health_generate")[0] == 200  # only generation
+
+
+def test_broken_no_number_answers_without_a_number(stub, gsm8k):
+    path, rows = gsm8k
+    url = stub(gsm8k_data=str(path), broken="no_number")
+    body = {"prompt": few_shot_prompt(rows, 5), "max_tokens": 64, "stop": ["Question"]}
+    status, out = http(url + "/v1/completions", body)
+    assert status == 200 and out["choices"][0]["text"].strip() == ss.NO_NUMBER_ANSWER
+    assert few_shot_value(out["choices"][0]["text"]) is None and lm_flexible(out["choices"][0]["text"]) is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stall_after_hangs_mid_response(stub, stream: bool):
+    url = stub(stall_after=2)
+    body = {"prompt": "w2", "max_tokens": 2, "stream": stream}
+    for _ in range(2):
+        assert http(url + "/v1/completions", {**body, "stream": False})[0] == 200
+    req = urllib.request.Request(
+        url + "/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=2) as resp:  # the headers come: a 200
+        assert resp.status == 200
+        assert resp.read1(1 << 16)  # and the first bytes of the body
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):  # then nothing
+            resp.read()
+        assert time.monotonic() - t0 >= 1.5
+    assert http(url + "/v1/models")[0] == 200  # the server itself still answers
+
+
 def test_cli_prints_ready_and_dies_hard(tok_dir: str):
     cmd = [sys.executable, "-m", "tests.serve_stub", "--port", "0", "--tokenizer-dir", tok_dir]
     proc = subprocess.Popen([*cmd, "--die-after-requests", "2"], cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -1,8 +1,10 @@
 """The serving suites end to end: the real lm-eval, SGLang's few_shot_gsm8k, run_eval and
 bench_serving clients against the loopback stand-in (tests/serve_stub.py), whose accuracy and speed
 are set, so every figure the harness stores is checked against what the server was told to produce.
-Then the server's lifecycle: a server that dies mid-sweep, one that never gets ready, bad URLs, a
-port in use, data missing offline, and a harness killed outright."""
+Then a server that misbehaves (answers that are not JSON, answers with no number, a stall): no
+accuracy is scored from it and no client outlives its timeout. Then the server's lifecycle: a server
+that dies mid-sweep, one that never gets ready, bad URLs, a port in use, data missing offline, and a
+harness killed outright."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,6 +134,147 @@ def test_point_parser_rejects_partial_and_reads_infinity():
     line = json.loads('{"request_rate": Infinity, "completed": 7, "output_throughput": 1.0}')
     with pytest.raises(PointError, match="1 of 8 requests failed"):
         metrics(line, 8)
+
+
+# --------------------------------------------------------------------------------- a misbehaving server
+
+
+def _run_against(tmp: Path, profile: str, deadline_s: float, **stub):
+    """`run` of `profile` attached to a stand-in misbehaving as `stub` says, every client real: what the
+    command gave back, the run, and the run's wall seconds. A run still going at `deadline_s` has its
+    server taken away (the stand-in stops), so that an unbounded client fails the test, not hang it."""
+    url, stop = serve_stub.start_stub(gsm8k_data=str(DATA / "test.jsonl"), gsm8k_accuracy=RATE, **stub)
+    watchdog = threading.Timer(deadline_s, stop)
+    prof = write_profile(tmp / "p.toml", "name = 'misbehaving'\n" + profile)
+    args = ["run", "--suite", str(prof), "--store", str(tmp / "runs"), "--server-url", url, "--data-dir", str(DATA)]
+    t0 = time.monotonic()
+    try:
+        watchdog.start()
+        r = cli(args)
+    finally:
+        watchdog.cancel()
+        stop()
+    wall = time.monotonic() - t0
+    assert wall < deadline_s, f"the run took {wall:.0f} s: a client outlived its timeout"
+    return r, load_run(next((tmp / "runs").iterdir())), wall
+
+
+def _outcomes(run) -> dict[str, dict]:
+    """Per case: its outcome's status, wall seconds and detail."""
+    m = run.measurements[run.measurements["metric"] == "outcome"]
+    return {
+        c: {"status": s, "seconds": v, **json.loads(d or "{}")}
+        for c, s, v, d in zip(m["case"], m["status"], m["value"], m["detail"])
+    }
+
+
+def _scored(run) -> list[str]:
+    m = run.measurements
+    return sorted(m[m["metric"] == "gsm8k_acc"]["case"])
+
+
+def test_a_server_answering_invalid_json_fails_every_evaluation_with_the_count(tmp_path):
+    """Every generation request answered 200 with a body that is not JSON: each GSM8K tool is `failed`
+    with how many requests failed, none an accuracy of 0 (run_eval took it for one). run_eval retries
+    each request six times with its own backoff (a minute)."""
+    _needs_clients()
+    profile = """
+[accuracy]
+lm_eval = { questions = 10, concurrency = 4 }
+cookbook = { questions = 6, parallel = 6 }
+run_eval = { examples = 4, threads = 4 }
+"""
+    r, run, _ = _run_against(tmp_path, profile, 480, broken="invalid_json")
+    out = _outcomes(run)
+    assert _scored(run) == []  # no gsm8k_acc row at all, not even 0.000
+    assert {c: o["status"] for c, o in out.items()} == dict.fromkeys(
+        ["gsm8k/lm_eval", "gsm8k/cookbook", "gsm8k/run_eval"], "failed"
+    )
+    # lm-eval gives the whole evaluation up when one request has failed its three tries
+    lm = out["gsm8k/lm_eval"]
+    assert lm["questions"] == 10 and lm["failed_tries"] >= 3 and "JSONDecodeError" in lm["error"], lm
+    cookbook = out["gsm8k/cookbook"]
+    assert (cookbook["requests_failed"], cookbook["questions"]) == (6, 6), cookbook
+    assert "6 of 6 requests failed" in cookbook["error"]
+    upstream = out["gsm8k/run_eval"]
+    assert (upstream["requests_failed"], upstream["questions"]) == (4, 4), upstream
+    assert "4 of 4 requests failed" in upstream["error"]
+    assert r.returncode == 1 and run.status == "complete", r.stderr[-2000:]
+
+
+def test_answers_with_no_number_fail_the_evaluation_with_the_count(tmp_path):
+    """Well-formed answers with no number in them: nothing a scorer can read, so no accuracy either."""
+    _needs_clients()
+    profile = """
+[accuracy]
+lm_eval = { questions = 10, concurrency = 4 }
+cookbook = { questions = 6, parallel = 6 }
+"""
+    r, run, _ = _run_against(tmp_path, profile, 300, broken="no_number")
+    out = _outcomes(run)
+    assert _scored(run) == []
+    lm, cookbook = out["gsm8k/lm_eval"], out["gsm8k/cookbook"]
+    assert lm["status"] == cookbook["status"] == "failed"
+    assert (lm["unparsable"], lm["empty"], lm["questions"]) == (10, 0, 10), lm
+    assert "10 of 10 answers had no number" in lm["error"]
+    assert (cookbook["unparsable"], cookbook["requests_failed"], cookbook["questions"]) == (6, 0, 6), cookbook
+    assert r.returncode == 1, r.stderr[-2000:]
+
+
+def test_a_server_stalling_mid_evaluation_ends_each_as_timeout(tmp_path):
+    """The stand-in hangs mid-response from its 4th request on: lm-eval (which took the run's whole
+    outer timeout before) and few_shot_gsm8k each end at `[accuracy] timeout_s`, `timeout`, and the
+    run goes on from one to the next and ends complete."""
+    _needs_clients()
+    timeout = 10
+    profile = f"""
+[accuracy]
+timeout_s = {timeout}
+lm_eval = {{ questions = 10, concurrency = 4 }}
+cookbook = {{ questions = 4, parallel = 4 }}
+"""
+    r, run, _ = _run_against(tmp_path, profile, 120, stall_after=3)
+    out = _outcomes(run)
+    assert _scored(run) == []
+    for case in ("gsm8k/lm_eval", "gsm8k/cookbook"):
+        o = out[case]
+        assert o["status"] == "timeout", (case, o)
+        assert timeout <= o["seconds"] < timeout + 15, (case, o)  # ended by its deadline, soon after it
+        assert f"did not finish within {timeout} s" in o["error"], (case, o)
+    log = run.dir / "artifacts" / "accuracy" / "lm_eval.log"
+    assert f"killed after {timeout} s" in log.read_text()  # what lm-eval printed is kept, and why it ends
+    assert r.returncode == 1 and run.status == "complete", r.stderr[-2000:]
+
+
+def test_a_stalled_sweep_point_is_timeout_and_keeps_what_was_measured(tmp_path):
+    """The stand-in stalls in the second repeat of a sweep point: the point is `timeout` with the
+    repeat it measured, and the evaluations measured before it keep their scores."""
+    _needs_clients()
+    timeout = 40  # a healthy repeat takes seconds; the one that stalls ends here
+    profile = f"""
+[accuracy]
+cookbook = {{ questions = 4, parallel = 4 }}
+run_eval = {{ examples = 4, threads = 4 }}
+[perf]
+timeout_s = {timeout}
+concurrency = [1]
+repeats = 2
+prompts_per_concurrency = 4
+min_prompts = 4
+shapes = [{{ input = 16, output = 8 }}]
+"""
+    # few_shot_gsm8k sends its 4 questions and their shared prefix, run_eval its 4, a repeat of c1
+    # 1 warm-up and 4 requests: request 15 is the second repeat's warm-up
+    r, run, _ = _run_against(tmp_path, profile, 400, stall_after=5 + 4 + 5)
+    out = _outcomes(run)
+    assert out["gsm8k/cookbook"]["status"] == out["gsm8k/run_eval"]["status"] == "ok"
+    assert _scored(run) == ["gsm8k/cookbook", "gsm8k/run_eval"]
+    point = out["perf/in16_out8/c1"]
+    assert point["status"] == "timeout", point
+    assert f"repeat 1: bench_serving did not finish within {timeout} s" in point["error"]
+    kept = _value(run, "perf/in16_out8/c1", "output_tok_s")
+    assert kept["status"] == "ok" and len(kept["samples"]) == 1  # the first repeat's
+    assert r.returncode == 1 and run.status == "complete", r.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------ lifecycle

@@ -12,7 +12,7 @@ Rows are aligned on (suite, case, impl, reference, metric); a differing case_ver
 "Statistically real": Mann-Whitney on the samples of repeated timings and throughputs; McNemar on
 per-question samples (0/1) of an accuracy; a figure with no samples (a drift metric, computed once on
 identical inputs) is judged by its threshold alone. Where the samples are too few for the test ever to
-reach ALPHA (3 repeats a side: Mann-Whitney's least p is 0.081), the change counts only if the two
+reach ALPHA (3 repeats a side: Mann-Whitney's least p is 0.1), the change counts only if the two
 runs' samples do not overlap at all, and the reason says so; a change past its threshold that this
 rule does not confirm is `same`, its reason marked "~" (as asv marks a change it cannot confirm). A
 figure derived from a timing (harness/results/metrics.py) takes that timing's verdict. Thresholds and tests

@@ -128,7 +128,7 @@ def coverage(compared: pd.DataFrame, cfg: GateConfig, candidate_status: str) -> 
     not counted."""
     judged = compared[~compared["metric"].isin(M.WALL_METRICS)]
     missing = judged[judged["verdict"] == "missing"]
-    allowed = missing["case"].map(lambda c: any(fnmatch.fnmatchcase(c, pat) for pat in cfg.allow_missing))
+    allowed = missing["case"].map(lambda c: any(fnmatch.fnmatchcase(c, p) for p in cfg.allow_missing)).astype(bool)
     found = []
     for op, rows in missing[~allowed].groupby(missing["case"].str.split("/").str[0], sort=True):
         paths = ", ".join(sorted(set(rows["impl"])))[:200]

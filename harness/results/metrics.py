@@ -154,26 +154,32 @@ def ceiling_metrics() -> set[str]:
 
 @cache
 def least_p(test: str, n_a: int, n_b: int) -> float:
-    """The smallest p-value `test` can give with n_a and n_b samples: the p of the most extreme outcome
-    (every sample of one side beyond every sample of the other)."""
-    if test != MANN_WHITNEY:
-        return 0.0 if n_a and n_b else math.nan
+    """The smallest p-value `test` can give with n_a and n_b samples, as harness/results/stats.py
+    computes it (scipy.stats): the p of the most extreme outcome. Mann-Whitney: every sample of one side
+    beyond every sample of the other, which where the exact distribution applies is 2 / C(n_a + n_b, n_a)
+    (3 against 3: 0.1; 4 against 4: 0.029); ties never make that p smaller. McNemar (the same n questions
+    answered by both runs): every question flipped the same way, 2 / 2**n."""
     if not n_a or not n_b:
         return math.nan
-    return stats.mann_whitney_p(list(range(n_a)), list(range(n_a, n_a + n_b)))
+    if test == MANN_WHITNEY:
+        return stats.mann_whitney_p(list(range(n_a)), list(range(n_a, n_a + n_b)))
+    if test == MCNEMAR:
+        return stats.mcnemar_p(0, n_a) if n_a == n_b else math.nan
+    raise ValueError(f"unknown test {test!r}")
 
 
 def fewest_samples(test: str) -> int:
-    """The fewest samples a side (both sides alike) with which `test` can reach ALPHA."""
+    """The fewest samples a side (both sides alike) with which `test` can reach ALPHA: Mann-Whitney 4
+    (3 a side give at best p=0.1), McNemar 6 questions (5 give at best p=0.0625)."""
     n = 1
     while least_p(test, n, n) >= ALPHA:
         n += 1
     return n
 
 
-# Where the samples cannot reach ALPHA, a change counts only if the two sides' samples do not overlap
-# at all (asv's fallback is the same idea: non-overlapping confidence intervals); it needs this many a
-# side, since one sample has no spread to tell noise from a change.
+# Where the samples cannot reach ALPHA (least_p above), a change counts only if the two sides' samples
+# do not overlap at all (asv's fallback is the same idea: non-overlapping confidence intervals); it needs
+# this many a side, since one sample has no spread to tell noise from a change.
 FALLBACK_SAMPLES = 2
 FALLBACK_RULE = "the repeats of the two runs do not overlap"
 

@@ -10,12 +10,12 @@ bare `Infinity`, hence Python's json) to a file of its own per point and repeat,
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.results import metrics as M
+from harness.serving import client
 
 
 @dataclass(frozen=True)
@@ -83,21 +83,14 @@ def command(
 
 
 def run_point(cmd: list[str], out: Path, log: Path, timeout_s: float, env: dict[str, str]) -> dict:
-    """Run the client once; the parsed result line. A point where every request failed makes the
-    client crash (numpy percentile of nothing): that, a timeout, or fewer completed requests than
-    sent, is a PointError."""
+    """Run the client once, under `timeout_s`; the parsed result line. A point where every request
+    failed makes the client crash (numpy percentile of nothing): that, or fewer completed requests than
+    sent, is a PointError; a client still running at `timeout_s` is killed (client.ClientTimeout)."""
     out.unlink(missing_ok=True)  # the client appends: a stale line must not pass for this run's
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
-        text = p.stdout + p.stderr
-    except subprocess.TimeoutExpired as exc:
-        log.write_text(f"$ {' '.join(cmd)}\n{exc.stdout or ''}{exc.stderr or ''}")
-        raise PointError(f"bench_serving timed out after {timeout_s:.0f} s") from exc
-    log.write_text(f"$ {' '.join(cmd)}\n{text}")
+    code, text = client.run(cmd, name="bench_serving", log=log, timeout_s=timeout_s, env=env)
     lines = out.read_text().splitlines() if out.exists() else []
-    if p.returncode != 0 or not lines:
-        tail = "\n".join(text.strip().splitlines()[-12:])
-        raise PointError(f"bench_serving exited with {p.returncode} and wrote no result:\n{tail}")
+    if code != 0 or not lines:
+        raise PointError(f"bench_serving exited with {code} and wrote no result:\n{client.tail(text, 12)}")
     return json.loads(lines[-1])
 
 

@@ -1,8 +1,13 @@
 """The serving suites of a run: one SGLang server, GSM8K accuracy, then the throughput sweep.
 
 Every evaluation and every sweep point is a unit with an `outcome` row (wall seconds, status) and
-its measurements, written the moment it ends. If the server dies, what was measured stays, every
-unit not yet run is recorded `failed` with the end of the server's log, and the run ends cleanly.
+its measurements, written the moment it ends. Each client runs under the profile's deadline
+(`[accuracy] timeout_s` per evaluation, `[perf] timeout_s` per point and repeat; harness/serving/client.py):
+one still running then is killed, its unit is `timeout` with the repeats it measured, and the run goes
+on. An evaluation whose requests mostly failed or whose answers mostly had no number is `failed`,
+the counts in its outcome's detail, never an accuracy (harness/serving/gsm8k.py, `mostly`). If the
+server dies, what was measured stays, every unit not yet run is recorded `failed` with the end of the
+server's log, and the run ends cleanly.
 A resumed run (`run --resume RUN`) skips the units it already measured.
 
 Rows (the schema compare, gate and report read):
@@ -27,7 +32,7 @@ from typing import Protocol
 from harness.results import metrics as M
 from harness.results.stats import wilson_interval
 from harness.results.store import RunWriter, row
-from harness.serving import bench, gsm8k
+from harness.serving import bench, client, gsm8k
 from harness.serving.bench import PerfConfig
 from harness.serving.gsm8k import AccuracyConfig
 from harness.serving.server import Server, ServerConfig, ServerError
@@ -73,6 +78,8 @@ def units(profile: Profile, writer: RunWriter, data_dir: Path | None) -> list[Un
                 concurrency=c["concurrency"],
                 max_gen_toks=c["max_gen_toks"],
                 samples_out=log / "lm_eval_samples.jsonl",
+                log=log / "lm_eval.log",
+                timeout_s=acc.timeout_s,
             ),
             "cookbook": lambda srv, c: [
                 gsm8k.run_cookbook(
@@ -158,6 +165,7 @@ def _perf_point(
     folder.mkdir(parents=True, exist_ok=True)
     results, errors = [], []
     commit = (writer.manifest.get("fingerprint") or {}).get("sglang_commit") or "unknown"
+    status = "failed"
     for rep in range(perf.repeats):
         stem = f"{shape.name}.c{c}.r{rep}"
         out = folder / f"{stem}.jsonl"
@@ -177,6 +185,11 @@ def _perf_point(
             errors.append(f"repeat {rep}: {exc}")
             if not server.alive():
                 break
+        except client.ClientTimeout as exc:
+            # a server that stalled would stall the next repeat too: the repeats measured are kept
+            errors.append(f"repeat {rep}: {exc}")
+            status = "timeout"
+            break
     rows = []
     if results:
         for metric in results[0]:
@@ -205,16 +218,17 @@ def _perf_point(
                 )
             )
     if errors:
-        raise PartialError("; ".join(errors), rows)
+        raise PartialError("; ".join(errors), rows, status)
     return rows
 
 
 class PartialError(Exception):
-    """A unit that failed after measuring something: the rows are kept."""
+    """A unit that failed (or timed out: `status`) after measuring something: the rows are kept."""
 
-    def __init__(self, msg: str, rows: list[dict]):
+    def __init__(self, msg: str, rows: list[dict], status: str = "failed"):
         super().__init__(msg)
         self.rows = rows
+        self.status = status
 
 
 def _env() -> dict[str, str]:
@@ -268,7 +282,11 @@ def run_serving(
                 rows = u.run(server)
                 record(u, "ok", time.monotonic() - t0, rows, {})
             except PartialError as exc:
-                record(u, "failed", time.monotonic() - t0, exc.rows, {"error": str(exc)})
+                record(u, exc.status, time.monotonic() - t0, exc.rows, {"error": str(exc)})
+            except client.ClientTimeout as exc:
+                record(u, "timeout", time.monotonic() - t0, [], {"error": f"{type(exc).__name__}: {exc}"})
+            except gsm8k.EvalError as exc:  # with the counts that failed it, where the tool tells them
+                record(u, "failed", time.monotonic() - t0, [], {"error": f"{type(exc).__name__}: {exc}", **exc.counts})
             except Exception as exc:  # one evaluation's failure must not lose the others
                 record(u, "failed", time.monotonic() - t0, [], {"error": f"{type(exc).__name__}: {exc}"})
             if not server.alive():
