@@ -358,6 +358,7 @@ class StubConfig:
     stall_after: int = 0  # 0: never; generation requests after the N-th hang mid-response
     context_length: int = 1 << 20
     version: str = SGLANG_VERSION
+    api_key: str | None = None  # as SGLang's --api-key: logged with the server's arguments, in /server_info
     # The CLI exits the process; in process that would kill the caller, so the server only stops answering.
     hard_exit: bool = False
 
@@ -970,6 +971,7 @@ class StubServer:
         info: dict[str, Any] = {
             "model_path": self.model_path,
             "tokenizer_path": self.tokenizer_path,
+            "api_key": c.api_key,
             "tokenizer_mode": "auto",
             "served_model_name": self.served_model_name,
             "host": c.host,
@@ -1095,12 +1097,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-after", type=int, default=0, help="hang mid-response from generation request N+1")
     p.add_argument("--context-length", type=int, default=1 << 20)
     p.add_argument("--sglang-version", dest="version", default=SGLANG_VERSION, help="/server_info version")
+    p.add_argument("--api-key", default=None, help="logged at start with the other arguments, as SGLang logs it")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = StubConfig(**vars(args), hard_exit=True)
+    print(f"server_args={config!r}", file=sys.stderr, flush=True)  # SGLang logs its ServerArgs, api_key included
 
     async def serve() -> None:
         server = StubServer(config)

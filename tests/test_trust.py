@@ -266,3 +266,46 @@ def test_secret_names_and_values_are_told_apart():
     text = json.dumps(out)
     assert not any(v in text for v in values) and "abc.def" not in text
     assert "visible" in text and out["max_tokens"] == 5
+
+
+def test_secrets_never_leave_the_process(tmp_path):
+    """A launched server with an API key in its arguments (which it logs, and reports in /server_info, as
+    SGLang does), a token in its environment, one flag the profile marks secret, a URL with a password, and
+    a token in the harness's own environment: none of them in any file of the run, the site, or the
+    Markdown of compare."""
+    from tests.conftest import needs_sglang, write_profile
+
+    needs_sglang()
+    secrets = {"api": "sk-planted-API-0001", "env": "hf_planted_ENV_0002", "mark": "planted-MARKED-0003",
+               "url": "planted-URLPW-0004", "own": "planted-OWN-0005"}  # fmt: skip
+    data = ROOT / "tests" / "data" / "gsm8k"
+    command = ["{python}", "-m", "tests.serve_stub", "--port", "{port}", "--api-key", secrets["api"],
+               "--served-model-name", secrets["mark"], "--gsm8k-data", str(data / "test.jsonl"),
+               "--tokenizer-dir", f"https://user:{secrets['url']}@tokenizers.invalid/dir"]  # fmt: skip
+    profile = write_profile(
+        tmp_path / "p.toml",
+        f"""name = "secrets"
+[server]
+command = {json.dumps(command)}
+env = {{ SGLANG_HF_TOKEN = "{secrets["env"]}" }}
+secret = ["--served-model-name"]
+[accuracy]
+run_eval = {{ examples = 4, threads = 2, floor = 0.5 }}
+""",
+    )
+    store = tmp_path / "runs"
+    r = cli(["run", "--suite", str(profile), "--store", str(store), "--data-dir", str(data)],
+            env={"MY_SERVICE_TOKEN": secrets["own"]})  # fmt: skip
+    run_id = _id(r.stdout)
+    assert (store / run_id / "artifacts" / "server.log").read_text().count("server_args=") == 1, r.stderr
+    cli(["report", "--store", str(store), "--out", str(tmp_path / "site")])
+    cli(["compare", run_id, run_id, "--store", str(store), "--md", str(tmp_path / "compare.md")])
+    leaked = {
+        (str(f.relative_to(tmp_path)), name)
+        for f in tmp_path.rglob("*")
+        if f.is_file() and f.name != "p.toml"
+        for name, value in secrets.items()
+        if value.encode() in f.read_bytes()
+    }
+    assert not leaked, leaked
+    assert "***" in (store / run_id / "artifacts" / "server.log").read_text()
