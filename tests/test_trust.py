@@ -281,7 +281,7 @@ def test_secrets_never_leave_the_process(tmp_path):
     data = ROOT / "tests" / "data" / "gsm8k"
     command = ["{python}", "-m", "tests.serve_stub", "--port", "{port}", "--api-key", secrets["api"],
                "--served-model-name", secrets["mark"], "--gsm8k-data", str(data / "test.jsonl"),
-               "--tokenizer-dir", f"https://user:{secrets['url']}@tokenizers.invalid/dir"]  # fmt: skip
+               "--model-path", f"https://user:{secrets['url']}@models.invalid/m"]  # fmt: skip
     profile = write_profile(
         tmp_path / "p.toml",
         f"""name = "secrets"
@@ -309,3 +309,4 @@ run_eval = {{ examples = 4, threads = 2, floor = 0.5 }}
     }
     assert not leaked, leaked
     assert "***" in (store / run_id / "artifacts" / "server.log").read_text()
+    assert not list(ROOT.glob("https*")), "the stand-in server wrote into the working tree"
