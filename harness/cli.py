@@ -15,7 +15,7 @@ from harness import jobs
 from harness import run as engine
 from harness.content import content_dir
 from harness.history.bisect import BisectError, StepError, bisect, summary
-from harness.pages.console import ClosableStdout, runs_table
+from harness.pages.console import ClosableStdout, coverage_table, runs_table
 from harness.pages.site import build as build_site
 from harness.results.compare import summary_counts, to_markdown
 from harness.results.store import StoreError, atomic_write, list_runs
@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     bis.add_argument("--only", help="comma-separated op names")
     bis.add_argument("--kernels-dir", type=Path)
     bis.add_argument("--json", action="store_true", help="the result and the steps as JSON on stdout")
+    cov = sub.add_parser("coverage", help="the kernel groups DeepSeek-V4 runs on SM120, and which the op files check")
+    cov.add_argument("--kernels-dir", type=Path)
     runs = sub.add_parser("runs", parents=[store], help="list the runs of a store")
     runs.add_argument("--json", action="store_true")
     return ap
@@ -191,6 +193,16 @@ def cmd_runs(args) -> int:
     return engine.EXIT_OK
 
 
+def cmd_coverage(args) -> int:
+    c = jobs.kernel_coverage(args.kernels_dir)
+    if c.inventory is None:
+        raise engine.UsageError(f"no inventory of SGLang {c.sglang or '(version unknown)'} in kernels/inventory/")
+    print(f"SGLang {c.sglang}: {c.inventory}\n\n{coverage_table(c.groups)}")
+    for op, functions in c.unknown.items():
+        print(f"{op} covers what the inventory does not list: {', '.join(functions)}")
+    return engine.EXIT_OK
+
+
 def cmd_report(args) -> int:
     print(build_site(args.store, args.out or jobs.default_site(args.store), args.kernels_dir))
     return engine.EXIT_OK
@@ -203,6 +215,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "gate": cmd_gate,
     "nightly": cmd_nightly,
+    "coverage": cmd_coverage,
     "bisect": cmd_bisect,
     "report": cmd_report,
     "runs": cmd_runs,

@@ -87,7 +87,7 @@ def sglang_commit() -> tuple[str | None, str | None]:
         head = _git_head(root, top=(root, root.parent))  # sglang/ at the top, or under python/
         if head:
             return head, f"git checkout at {root}"
-    generated = _sglang_generated("__commit_id__")
+    generated = sglang_generated("__commit_id__")
     if generated:
         return generated, "sglang/_version.py"
     try:
@@ -131,7 +131,7 @@ def _gpus() -> dict[str, Any]:
     }
 
 
-def _sglang_generated(field: str) -> str | None:
+def sglang_generated(field: str) -> str | None:
     """A field of the sources' generated sglang/_version.py (`__version__`, `__commit_id__`), read
     as text: importing sglang runs its whole package __init__."""
     try:
@@ -163,7 +163,7 @@ def sglang_git() -> dict[str, str | None]:
 def fingerprint() -> dict[str, Any]:
     commit, commit_source = sglang_commit()
     packages = {key: _version(dist) for dist, key in PACKAGES.items()}
-    packages["sglang"] = _sglang_generated("__version__") or packages["sglang"]
+    packages["sglang"] = sglang_generated("__version__") or packages["sglang"]
     packages["deep_gemm"] = imported_version("deep_gemm")
     return {
         "gpu": _gpus(),

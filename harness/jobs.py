@@ -15,13 +15,16 @@ import pandas as pd
 
 from harness import limits
 from harness.content import content_dir
+from harness.fingerprint import sglang_generated
 from harness.pages.site import build as build_site
 from harness.parity import goldens
+from harness.parity.catalogue import CatalogueError, discover
+from harness.parity.coverage import GroupCoverage, InventoryError, inventory_file, load_inventory, measure, unknown
 from harness.profile import KernelsConfig, Profile, ProfileError, load_profile
 from harness.results import attribution, judge
 from harness.results import metrics as M
 from harness.results.compare import compare
-from harness.results.gate import Coverage, Finding, GateRefused, admit, coverage, gate, markdown
+from harness.results.gate import Compared, Finding, GateRefused, admit, compared_rows, gate, markdown
 from harness.results.store import Run, StoreError, is_url, list_runs, resolve_run
 from harness.run import (
     AUDIT,
@@ -38,6 +41,8 @@ from harness.run import (
     execute,
     to_stderr,
 )
+from harness.workers.environment import Unavailable
+from harness.workers.sglang_src import sglang_root
 
 
 def default_site(store: str) -> Path:
@@ -85,7 +90,7 @@ def compare_runs(store: str, baseline: str, candidate: str) -> Comparison:
 @dataclass
 class GateResult:
     findings: list[Finding]
-    coverage: Coverage | None  # None where the candidate was not gated whole (see the findings)
+    compared: Compared | None  # None where the candidate was not gated whole (see the findings)
     markdown: str
 
     @property
@@ -120,7 +125,7 @@ def gate_runs(
         # the baseline is held to the candidate's limits, so a limit it crossed too is told apart
         over, over_before = judge.breaches(cand, cand_limits), judge.breaches(base, cand_limits)
         compared = compare(base.measurements, cand.measurements)
-        cov, missing = coverage(compared, profile.gate, cand.status)
+        cov, missing = compared_rows(compared, profile.gate, cand.status)
         findings = missing + gate(
             base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before, compared=compared
         )
@@ -221,3 +226,30 @@ def nightly(
     result.site = build_site(store, site or default_site(store), kernels_dir)
     result.code = EXIT_INFRA if EXIT_INFRA in codes else max(codes)
     return result
+
+
+@dataclass
+class KernelCoverage:
+    inventory: Path | None  # None: no inventory of the SGLang measured
+    sglang: str | None  # its version
+    groups: list[GroupCoverage]
+    unknown: dict[str, list[str]]  # op -> functions it covers that the inventory does not list
+
+
+def kernel_coverage(kernels_dir: Path | None = None) -> KernelCoverage:
+    """The inventory of the SGLang measured (its sources' version), against the op files' COVERS."""
+    folder = kernels_dir or content_dir("kernels")
+    try:
+        ops = discover(folder)
+        root = sglang_root()
+    except (CatalogueError, Unavailable) as exc:
+        raise UsageError(str(exc)) from exc
+    version = sglang_generated("__version__")
+    file = inventory_file(Path(folder) / "inventory", version)
+    if file is None:
+        return KernelCoverage(None, version, [], {})
+    try:
+        groups = load_inventory(file)
+    except InventoryError as exc:
+        raise UsageError(str(exc)) from exc
+    return KernelCoverage(file, version, measure(groups, ops, root), unknown(groups, ops))

@@ -309,3 +309,11 @@ PATHS = [
         note="the SM120 default: cutlass_w8a8_block_fp8_linear_with_fallback from bf16",
     ),
 ]
+
+
+# the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
+COVERS = {
+    "sglang.srt.layers.quantization.fp8_utils:cutlass_w8a8_block_fp8_linear_with_fallback": "TP1/TP2 shapes only",
+    "sglang.kernels.ops.gemm.fp8_blockwise_gemm:fp8_blockwise_scaled_mm": "TP1/TP2 shapes only",
+    "sglang.srt.layers.quantization.fp8_utils:triton_w8a8_block_fp8_linear": "128x128 blocks only",
+}

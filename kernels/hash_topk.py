@@ -233,3 +233,9 @@ PATHS = [
     Path("sglang.triton", sglang_triton, note="kernels/ops/moe/triton_hash_topk.py, the ROCm path, by file path"),
     Path("sglang.torch", sglang_torch, note="HashTopK._forward_torch (SGLANG_OPT_USE_FUSED_HASH_TOPK=0)"),
 ]
+
+
+# the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
+COVERS = {
+    "sglang.kernels.ops.moe.dsv4:hash_topk": "",
+}

@@ -319,3 +319,9 @@ PATHS = [
         note="tilelang_fp8_paged_mqa_logits, the SM120 default (SGLANG_OPT_USE_TILELANG_INDEXER)",
     ),
 ]
+
+
+# the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
+COVERS = {
+    "sglang.kernels.ops.attention.dsa.tilelang_kernel:tilelang_fp8_paged_mqa_logits": "decode, B <= 128 only",
+}

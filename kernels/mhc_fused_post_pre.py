@@ -252,3 +252,9 @@ PATHS = [
     ),
     Path("sglang.torch", sglang_torch, note="_mhc_post_torch + _mhc_pre_torch + RMSNorm, fp32 with bf16 residual"),
 ]
+
+
+# the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
+COVERS = {
+    "sglang.kernels.ops.layernorm.mhc:mhc_fused_post_pre": "",
+}

@@ -246,3 +246,9 @@ PATHS = [
         note="mhc.py _mhc_pre_gemm_sqrsum_dispatch(): TileLang TF32 gemm + sum of squares",
     ),
 ]
+
+
+# hc_pre's nested hc_pre_torch_impl, compiled from hc_pre's own source
+COVERS = {
+    "sglang.srt.models.deepseek_v4:DeepseekV4DecoderLayerBase.hc_pre": "",
+}

@@ -367,3 +367,15 @@ PATHS = [
         note="the SM120 default: FlashInfer's SM120 sparse MLA via flash_mla_with_kvcache_sm120",
     ),
 ]
+
+
+# the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
+_DECODE_CASES = "H 64/32, SWA 128 + c4 x 512 only: no c128 layer, no TP4/TP8 heads"
+COVERS = {
+    "sglang.kernels.ops.attention.flash_mla_sm120:flash_mla_with_kvcache_sm120": _DECODE_CASES,
+    "sglang.kernels.ops.attention.flash_mla_sm120:_flash_mla_flashinfer": _DECODE_CASES,
+    "sglang.kernels.ops.attention.flash_mla_sm120:_flash_mla_sm120_prefill": "one case over 64 rows (B=128)",
+    "sglang.kernels.ops.attention.flash_mla_sm120:_split_kv_pages_to_64": "only as the decode entry calls it",
+    "sglang.kernels.ops.attention.flash_mla_sm120:_page_mark_kernel": "only as the decode entry calls it",
+    "sglang.kernels.ops.attention.flash_mla_sm120:_page_split_kernel": "only as the decode entry calls it",
+}

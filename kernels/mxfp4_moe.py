@@ -643,3 +643,11 @@ PATHS = [
         note="SGLANG_DSV4_FP4_DEQUANT=1: cast_e2m1fn_to_e4m3fn at load, then the Triton fused MoE (FP8 per 128)",
     ),
 ]
+
+
+# the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
+COVERS = {
+    "sglang.srt.layers.quantization.mxfp4_flashinfer_cutlass_moe:Mxfp4FlashinferCutlassMoEMethod": (
+        "I = 2048/1024 (TP1/TP2) only"
+    ),
+}

@@ -310,3 +310,9 @@ PATHS = [
         note="topk_transform_pytorch_vectorized (--dsa-topk-backend torch)",
     ),
 ]
+
+
+# the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
+COVERS = {
+    "sglang.kernels.ops.attention.dsv4.topk:topk_transform_paged": "width 512 only (topk_v1 takes up to 1024)",
+}

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from harness.parity.coverage import COVERED, NOT, PARTIAL, GroupCoverage
 from harness.results import metrics as M
 from harness.results.metrics import ORACLE
 from harness.results.store import DAMAGED, Run
@@ -210,3 +211,22 @@ def runs_table(runs: list[Run]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(x, widths)).rstrip()
 
     return "\n".join(line(x) for x in lines)
+
+
+def coverage_table(groups: list[GroupCoverage]) -> str:
+    """`coverage`: a line per kernel group of the inventory (what selects it on SM120, covered / partial /
+    not, by which ops, what their cases leave out, what the SGLang measured lacks), then the counts."""
+    head = ("row", "kernel group", "kinds", "status", "by", "left out, absent")
+    lines = [head]
+    for c in sorted(groups, key=lambda c: c.group.row):
+        ops = sorted({op for names in c.by.values() for op in names})
+        gaps = [f"{fn.split(':')[1]}: {why}" for fn, why in c.limits.items()]
+        gaps += [f"not covered: {fn.split(':')[1]}" for fn in c.group.functions if fn not in c.by and c.by]
+        gaps += [f"absent: {fn}" for fn in c.absent]
+        lines.append((str(c.group.row), c.group.name[:48], ",".join(c.group.kinds), c.status, ",".join(ops) or "-",
+                      "; ".join(gaps)))  # fmt: skip
+    widths = [max(len(x[i]) for x in lines) for i in range(len(head) - 1)]
+    text = "\n".join("  ".join([*(c.ljust(w) for c, w in zip(x, widths)), x[-1]]).rstrip() for x in lines)
+    counts = {s: sum(c.status == s for c in groups) for s in (COVERED, PARTIAL, NOT)}
+    total = f"{counts[COVERED]} covered, {counts[PARTIAL]} partial, {counts[NOT]} not covered, of {len(groups)} groups"
+    return f"{text}\n\n{total}"

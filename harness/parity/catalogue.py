@@ -109,6 +109,11 @@ def load_op_file(file: Path) -> Op:
         raise CatalogueError(f"{file}: DTYPE {module.DTYPE!r} is not one of {', '.join(CALC_DIFF)}")
     if module.PRIMARY is None and not hasattr(module, "metrics"):
         raise CatalogueError(f"{file}: PRIMARY is None but there is no metrics() to compare the outputs")
+    covers = getattr(module, "COVERS", {})
+    if not isinstance(covers, dict) or not all(
+        isinstance(k, str) and ":" in k and isinstance(v, str) for k, v in covers.items()
+    ):
+        raise CatalogueError(f"{file}: COVERS must be a dict of 'sglang.module:qualname' -> what it leaves out ('')")
     if not isinstance(getattr(module, "CEILINGS", {}), dict):
         raise CatalogueError(f"{file}: CEILINGS must be a dict of metric -> limit")
     if not any(p.golden and p.name == ORACLE for p in module.PATHS):

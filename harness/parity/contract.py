@@ -17,6 +17,8 @@ and optionally
                                 top-k, exact match of ids, a tail's convention), against the fp64 oracle's outputs
     CEILINGS: dict[str, float]  the op's own limits, over the DTYPE defaults; for a metric whose `better` is
                                 "higher" (a recall) the number is a floor
+    COVERS: dict[str, str]      the SGLang functions its paths run, `module:qualname` -> what its cases leave
+                                out ("" for nothing); read against kernels/inventory/ (harness/parity/coverage.py)
 """
 
 from __future__ import annotations

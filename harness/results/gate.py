@@ -50,7 +50,7 @@ class GateRefused(Exception):
 
 
 @dataclass(frozen=True)
-class Coverage:
+class Compared:
     """What the gate compared: the baseline's judged rows, how many the candidate has, and the rest."""
 
     baseline_rows: int
@@ -122,7 +122,7 @@ def admit(baseline: dict, candidate: dict, cfg: GateConfig) -> list[Finding]:
     return []
 
 
-def coverage(compared: pd.DataFrame, cfg: GateConfig, candidate_status: str) -> tuple[Coverage, list[Finding]]:
+def compared_rows(compared: pd.DataFrame, cfg: GateConfig, candidate_status: str) -> tuple[Compared, list[Finding]]:
     """How much of the baseline the candidate has, and a finding per op (or serving case) whose rows are
     missing and not allowed by `[gate] allow_missing`. Where-the-time-went rows explain a run and are
     not counted."""
@@ -134,7 +134,7 @@ def coverage(compared: pd.DataFrame, cfg: GateConfig, candidate_status: str) -> 
         paths = ", ".join(sorted(set(rows["impl"])))[:200]
         what = f"{len(rows)} of the baseline's rows missing from the candidate (paths: {paths})"
         found.append(Finding(f"{op}/*", "*", "", "*", what))
-    cov = Coverage(
+    cov = Compared(
         baseline_rows=int((judged["verdict"] != "new").sum()),
         compared=int(((judged["verdict"] != "new") & (judged["verdict"] != "missing")).sum()),
         missing=len(missing),
@@ -199,7 +199,7 @@ def gate(
     return [Finding(**{**f.__dict__, "allowed_by": _allowed(f, cfg, today)}) for f in found]
 
 
-def markdown(findings: list[Finding], title: str, cov: Coverage | None = None) -> str:
+def markdown(findings: list[Finding], title: str, cov: Compared | None = None) -> str:
     failing = [f for f in findings if f.failing]
     before = [f for f in findings if f.allowed_by is None and f.preexisting]
     allowed = [f for f in findings if f.allowed_by is not None]
