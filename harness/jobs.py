@@ -63,12 +63,16 @@ def moved_kernels(store: str, baseline: Run, candidate: Run, compared: pd.DataFr
     return attribution.markdown(found, (baseline.manifest, candidate.manifest), others)
 
 
-def describe(run: Run) -> str:
-    """What a run is, in a line: what `latest` and a comparison need to be unambiguous."""
-    m = run.manifest
-    only = f", only {','.join(m['only'])}" if m.get("only") else ""
-    suites = ",".join(m.get("suites") or []) or "nothing"
-    return f"{run.run_id}: {run.status}, profile {m.get('profile', {}).get('name', '?')}, {suites}{only}"
+def describe(baseline: Run, candidate: Run) -> str:
+    """What the two runs are (status, profile, suites, --only), as Markdown lines after a table."""
+
+    def one(run: Run) -> str:
+        m = run.manifest
+        only = f", only {','.join(m['only'])}" if m.get("only") else ""
+        suites = ",".join(m.get("suites") or []) or "nothing"
+        return f"{run.run_id}: {run.status}, profile {m.get('profile', {}).get('name', '?')}, {suites}{only}"
+
+    return f"\n\nbaseline {one(baseline)}  \ncandidate {one(candidate)}"
 
 
 @dataclass
@@ -83,8 +87,7 @@ def compare_runs(store: str, baseline: str, candidate: str) -> Comparison:
     """Two runs of the store, named as `runs` names them, compared. Raises StoreError."""
     a, b = resolve_run(store, baseline), resolve_run(store, candidate)
     rows = compare(a.measurements, b.measurements)
-    runs = f"\n\nbaseline {describe(a)}  \ncandidate {describe(b)}"
-    return Comparison(rows, f"{b.run_id} against {a.run_id}", runs, moved_kernels(store, a, b, rows))
+    return Comparison(rows, f"{b.run_id} against {a.run_id}", describe(a, b), moved_kernels(store, a, b, rows))
 
 
 @dataclass
@@ -129,8 +132,7 @@ def gate_runs(
         findings = missing + gate(
             base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before, compared=compared
         )
-    md = markdown(findings, title, cov) + f"\n\nbaseline {describe(base)}  \ncandidate {describe(cand)}"
-    md += moved_kernels(store, base, cand)
+    md = markdown(findings, title, cov) + describe(base, cand) + moved_kernels(store, base, cand)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         with open(summary_file, "a", encoding="utf-8") as f:

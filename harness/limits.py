@@ -43,5 +43,5 @@ def of_run(run: Run, *, profile: Profile | None = None, kernels_dir: Path | None
         return {}
     if profile is not None and profile.kernels is not None:
         has_gpu = bool((run.manifest.get("fingerprint", {}).get("gpu") or {}).get("count"))
-        return {s.op.name: {**sm120.CEILINGS, **s.ceilings} for s in select(profile, ops, has_gpu=has_gpu)}
+        return for_profile(profile, select(profile, ops, has_gpu=has_gpu), audit=True, serving=False)
     return {name: {**sm120.CEILINGS, **op.ceilings} for name, op in ops.items()}

@@ -54,7 +54,7 @@ def run_audit(selections: list[Selection], writer: RunWriter, slots: Slots, seed
         # each unit is a worker, then compilers: mostly one busy core each
         parallel = max(1, min(len(units), os.cpu_count() or 1, MAX_PARALLEL))
         ex: Executor = Executor(
-            slots, [slots.devices[0]] * parallel, server_env, writer.artifacts / "workers" / "forkserver.log"
+            slots.cancelled, [slots.devices[0]] * parallel, server_env, writer.artifacts / "workers" / "forkserver.log"
         )
         ex.run(units, lambda unit, device, forks: audit.run(*unit, device, forks))
 
@@ -100,7 +100,8 @@ class _PathAudit:
             outdir=str(self.tmp / "outputs" / op),
         )
         log = self.writer.artifacts / "workers" / f"audit.{op}.{impl}.log"
-        results = list(run_path(job, timeout_s=self.slots.timeout_s, log=log, env=env, forks=forks))
+        timeout_s, cancelled = self.slots.timeout_s, self.slots.cancelled
+        results = list(run_path(job, timeout_s=timeout_s, log=log, env=env, cancelled=cancelled, forks=forks))
         bad = [r for r in results if r.status not in ("ok",) and not r.status.startswith("skipped")]
         records = read_journal(capture)
         errors = [r["error"] for r in records if "error" in r]

@@ -7,7 +7,9 @@ import json
 
 import pandas as pd
 
-PARTS = ("startup", "inputs", "jit", "call", "timing", "drift")
+from harness.results import metrics as M
+
+PARTS = M.WALL_PARTS
 HEAD = {
     "startup": "start-up",
     "inputs": "inputs",

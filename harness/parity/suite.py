@@ -66,7 +66,7 @@ def run_kernels(selections: list[Selection], writer: RunWriter, settings: Settin
         ordered = schedule.plan([u for op in ops.values() for u in op.units()], prev, prev_id, len(devices))
         server_env = worker_env(None, settings.capability, None)
         ex: Executor[schedule.Unit] = Executor(
-            settings.slots, devices, server_env, writer.artifacts / "workers" / "forkserver.log"
+            settings.cancelled, devices, server_env, writer.artifacts / "workers" / "forkserver.log"
         )
 
         def after(ran: Ran[schedule.Unit]) -> None:  # its drift is measured as its goldens come: at the end
@@ -171,7 +171,8 @@ class _OpRun:
         )
         log = self.writer.artifacts / "workers" / f"{self.op.name}.{name}.log"
         cases = {c.name: c for c in self.sel.cases}
-        for result in run_path(job, timeout_s=self.s.slots.timeout_s, log=log, env=env, forks=forks):
+        timeout_s, cancelled = self.s.slots.timeout_s, self.s.cancelled
+        for result in run_path(job, timeout_s=timeout_s, log=log, env=env, cancelled=cancelled, forks=forks):
             if self.s.cancelled.is_set():
                 return
             self._add_wall(name, result.detail.get("wall", {}))

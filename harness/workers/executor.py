@@ -16,7 +16,7 @@ from queue import Empty, Queue
 from typing import Generic, TypeVar
 
 from harness.workers.forkserver import ForkServer
-from harness.workers.worker import STOPPED, kill_all
+from harness.workers.worker import kill_all
 
 U = TypeVar("U")
 
@@ -42,11 +42,14 @@ class Ran(Generic[U]):
 
 
 class Executor(Generic[U]):
-    """Run `units` in order over `devices` (one thread each); `work(unit, device, forks)` runs one unit,
-    `after(ran)` is called in its slot when it ends, unless the run was cancelled."""
+    """Run `units` in order over `devices` (one thread each) until the run is `cancelled`;
+    `work(unit, device, forks)` runs one unit, `after(ran)` is called in its slot when it ends, unless the
+    run was cancelled."""
 
-    def __init__(self, slots: Slots, devices: Sequence[str | None], server_env: dict[str, str], log: Path):
-        self.slots, self.devices = slots, list(devices)
+    def __init__(
+        self, cancelled: threading.Event, devices: Sequence[str | None], server_env: dict[str, str], log: Path
+    ):
+        self.cancelled, self.devices = cancelled, list(devices)
         self.server_env, self.log = server_env, log
         self.labels = [f"{i}:{'cpu' if d is None else 'cuda' + d}" for i, d in enumerate(self.devices)]
         self.busy = dict.fromkeys(self.labels, 0.0)
@@ -59,8 +62,7 @@ class Executor(Generic[U]):
         work: Callable[[U, str | None, ForkServer | None], None],
         after: Callable[[Ran[U]], None] = lambda ran: None,
     ) -> list[Ran[U]]:
-        cancelled = self.slots.cancelled
-        STOPPED.clear()  # a new run: workers may start again (an earlier run in this process was stopped)
+        cancelled = self.cancelled
         todo: Queue = Queue()
         for u in units:
             todo.put(u)

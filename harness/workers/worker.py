@@ -29,12 +29,7 @@ CHILD = "harness.parity.child"  # the module a worker runs (python -m), or a for
 ACTIVE: set[subprocess.Popen] = set()  # live workers, killed by kill_all() on an interrupt
 
 
-STOPPED = threading.Event()  # set by kill_all(): no worker is started (or restarted) until the next run
-
-
 def kill_all() -> None:
-    """Stop every live worker, and start none for what they left (a run was interrupted)."""
-    STOPPED.set()
     for proc in list(ACTIVE):
         _kill(proc)
 
@@ -86,12 +81,19 @@ def _tail(file: Path, lines: int = 25) -> str:
 
 
 def run_path(
-    job: Job, *, timeout_s: float, log: Path, env: dict[str, str], forks: ForkServer | None = None
+    job: Job,
+    *,
+    timeout_s: float,
+    log: Path,
+    env: dict[str, str],
+    cancelled: threading.Event,
+    forks: ForkServer | None = None,
 ) -> Iterator[Result]:
     """Run every case of `job` in worker subprocesses (forked from `forks` where it can); yield one
-    Result per case, in order. The first result of each worker carries its start-up seconds."""
+    Result per case, in order. The first result of each worker carries its start-up seconds. Once the run
+    is `cancelled`, no worker is started for what a killed one left."""
     pending = list(job.cases)
-    while pending and not STOPPED.is_set():
+    while pending and not cancelled.is_set():
         sub = Job(**{**job.__dict__, "cases": pending})
         done = yield from _one_worker(sub, timeout_s=timeout_s, log=log, env=env, forks=forks)
         pending = pending[done:]
