@@ -15,7 +15,7 @@ from harness import jobs
 from harness import run as engine
 from harness.content import content_dir
 from harness.history.bisect import BisectError, StepError, bisect, summary
-from harness.pages.console import ClosableStdout, coverage_table, runs_table
+from harness.pages.console import ClosableStdout, coverage_table, registry_lines, runs_table
 from harness.pages.site import build as build_site
 from harness.results.compare import summary_counts, to_markdown
 from harness.results.store import StoreError, atomic_write, list_runs
@@ -196,10 +196,16 @@ def cmd_runs(args) -> int:
 def cmd_coverage(args) -> int:
     c = jobs.kernel_coverage(args.kernels_dir)
     if c.inventory is None:
-        raise engine.UsageError(f"no inventory of SGLang {c.sglang or '(version unknown)'} in kernels/inventory/")
-    print(f"SGLang {c.sglang}: {c.inventory}\n\n{coverage_table(c.groups)}")
+        raise engine.UsageError(f"no inventory in {args.kernels_dir or 'kernels'}/inventory/")
+    read = c.inventory.stem.removeprefix("sglang-")
+    against = "" if read == c.sglang else f" (no inventory of {c.sglang or 'this version'}: {read}'s, read against it)"
+    print(f"SGLang {c.sglang}: {c.inventory}{against}\n\n{coverage_table(c.groups)}")
     for op, functions in c.unknown.items():
         print(f"{op} covers what the inventory does not list: {', '.join(functions)}")
+    if c.registry is not None:
+        print("\n" + registry_lines(c.registry))
+    else:
+        print(f"\nkernel registry: {c.registry_error or 'none in these sources'}")
     return engine.EXIT_OK
 
 

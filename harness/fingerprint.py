@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.workers.environment import Unavailable
+from harness.workers.sglang_src import generated as sglang_generated
 from harness.workers.sglang_src import sglang_root
 
 # distribution name -> key in the fingerprint
@@ -129,20 +130,6 @@ def _gpus() -> dict[str, Any]:
         "driver": driver,
         "cuda": torch.version.cuda,
     }
-
-
-def sglang_generated(field: str) -> str | None:
-    """A field of the sources' generated sglang/_version.py (`__version__`, `__commit_id__`), read
-    as text: importing sglang runs its whole package __init__."""
-    try:
-        root = sglang_root()
-    except Unavailable:
-        return None
-    file = root / "sglang" / "_version.py" if root else None
-    if file is None or not file.is_file():
-        return None
-    m = re.search(rf"^{field}\s*=\s*(?:\w+\s*=\s*)?['\"]([^'\"]+)['\"]", file.read_text(), re.MULTILINE)
-    return m.group(1) if m else None
 
 
 def sglang_git() -> dict[str, str | None]:

@@ -19,7 +19,17 @@ from harness.fingerprint import sglang_generated
 from harness.pages.site import build as build_site
 from harness.parity import goldens
 from harness.parity.catalogue import CatalogueError, discover
-from harness.parity.coverage import GroupCoverage, InventoryError, inventory_file, load_inventory, measure, unknown
+from harness.parity.coverage import (
+    GroupCoverage,
+    InventoryError,
+    RegistryCheck,
+    check_registry,
+    inventory_file,
+    load_inventory,
+    measure,
+    unknown,
+)
+from harness.parity.registry import RegistryError, specs
 from harness.profile import KernelsConfig, Profile, ProfileError, load_profile
 from harness.results import attribution, judge
 from harness.results import metrics as M
@@ -232,14 +242,17 @@ def nightly(
 
 @dataclass
 class KernelCoverage:
-    inventory: Path | None  # None: no inventory of the SGLang measured
-    sglang: str | None  # its version
+    inventory: Path | None  # None: no inventory in the folder
+    sglang: str | None  # the version measured
     groups: list[GroupCoverage]
     unknown: dict[str, list[str]]  # op -> functions it covers that the inventory does not list
+    registry: RegistryCheck | None = None  # None: not asked for, or these sources have no kernel registry
+    registry_error: str | None = None
 
 
-def kernel_coverage(kernels_dir: Path | None = None) -> KernelCoverage:
-    """The inventory of the SGLang measured (its sources' version), against the op files' COVERS."""
+def kernel_coverage(kernels_dir: Path | None = None, with_registry: bool = True) -> KernelCoverage:
+    """The inventory of the SGLang measured (its sources' version, else the newest there is), against
+    the op files' COVERS, the sources (absent, changed) and SGLang's kernel registry."""
     folder = kernels_dir or content_dir("kernels")
     try:
         ops = discover(folder)
@@ -251,7 +264,15 @@ def kernel_coverage(kernels_dir: Path | None = None) -> KernelCoverage:
     if file is None:
         return KernelCoverage(None, version, [], {})
     try:
-        groups = load_inventory(file)
+        inv = load_inventory(file)
     except InventoryError as exc:
         raise UsageError(str(exc)) from exc
-    return KernelCoverage(file, version, measure(groups, ops, root), unknown(groups, ops))
+    registry, error = None, None
+    if with_registry and root is not None:
+        try:
+            registry = specs(root)
+        except RegistryError as exc:
+            error = str(exc)
+    checked = check_registry(inv, registry) if registry is not None else None
+    groups = measure(inv, ops, root, registry)
+    return KernelCoverage(file, version, groups, unknown(inv.groups, ops), checked, error)

@@ -26,9 +26,10 @@ from harness.cache import locate as locate_cache
 from harness.content import content_dir
 from harness.fingerprint import fingerprint, sglang_git
 from harness.pages import walltime
-from harness.pages.console import Progress, audit_summary, serving_summary, summary
+from harness.pages.console import Progress, audit_summary, coverage_summary, serving_summary, summary
 from harness.pages.run_page import render_run
-from harness.parity.catalogue import CatalogueError, Selection, discover
+from harness.parity import coverage
+from harness.parity.catalogue import CatalogueError, Op, Selection, discover
 from harness.parity.suite import Settings, run_kernels
 from harness.profile import KernelsConfig, Profile, ProfileError, load_profile, select
 from harness.results import judge
@@ -38,7 +39,8 @@ from harness.results.store import Run, RunWriter, StoreError, latest, load_run, 
 from harness.serving.gsm8k import DataError
 from harness.serving.server import ServerConfigError, ServerError, check_url
 from harness.serving.suite import run_serving
-from harness.workers.environment import scoped_environ
+from harness.workers import sglang_src
+from harness.workers.environment import Unavailable, scoped_environ
 from harness.workers.executor import Slots
 from harness.workers.schedule import previous_seconds
 from harness.workers.worker import kill_all
@@ -93,6 +95,7 @@ class _Plan:
     selections: list[Selection]
     serving: bool
     has_gpu: bool
+    ops: dict[str, Op] = field(default_factory=dict)  # every op file of the folder (coverage is of them all)
 
 
 def _plan(request: Request) -> _Plan:
@@ -123,7 +126,7 @@ def _plan(request: Request) -> _Plan:
     env_slots = os.environ.get("SM120_HARNESS_SLOTS", "")
     if env_slots and not (env_slots.isdigit() and int(env_slots) >= 1):
         raise UsageError(f"SM120_HARNESS_SLOTS: expected an integer >= 1 (worker slots per device), got {env_slots!r}")
-    return _Plan(profile, selections, serving, has_gpu)
+    return _Plan(profile, selections, serving, has_gpu, ops)
 
 
 def _previous(store: str, profile: str, fp: dict, suite: str) -> tuple[str, dict] | None:
@@ -271,6 +274,8 @@ def _run_suites(
             run_audit(selections, writer, slots, k.seed)
         elif selections:
             run_kernels(selections, writer, settings)
+            if not goldens_only and not slots.cancelled.is_set():
+                writer.add(_coverage_rows(request, plan, writer.run_id, say))
         if plan.serving and not slots.cancelled.is_set():
             serving = dict(server_url=request.server_url, data_dir=request.data_dir, done=done, say=say)
             try:
@@ -295,6 +300,25 @@ def _run_suites(
     return code
 
 
+def _coverage_rows(request: Request, plan: _Plan, run_id: str, say: Callable[[str], None]) -> list[dict]:
+    """The coverage of the forward-path inventory by the op files, against the SGLang measured: stored
+    with every kernel run (harness/parity/coverage.py)."""
+    folder = Path(request.kernels_dir or content_dir("kernels")) / "inventory"
+    file = coverage.inventory_file(folder, sglang_src.generated("__version__"))
+    if file is None:
+        return []
+    try:
+        inv = coverage.load_inventory(file)
+        root = sglang_src.sglang_root()
+    except coverage.InventoryError as exc:
+        say(f"coverage not stored: {exc}")
+        return []
+    except Unavailable:
+        root = None
+    groups = coverage.measure(inv, plan.ops, root)
+    return coverage.rows(run_id, inv, groups, {s.op.name for s in plan.selections})
+
+
 def _judge(request: Request, plan: _Plan, mode: str, writer: RunWriter, code: int) -> Outcome:
     """The finished run judged by its limits, its page rendered and published, the summary said."""
     say = request.say
@@ -309,6 +333,9 @@ def _judge(request: Request, plan: _Plan, mode: str, writer: RunWriter, code: in
             code = EXIT_INFRA
     if plan.selections:
         say("\n" + (audit_summary if mode == AUDIT else summary)(run.measurements, over))
+        covered = coverage_summary(run.measurements)
+        if covered:
+            say("\n" + covered)
         spent = walltime.text(run.measurements, run.manifest.get("schedule"))
         if spent:
             say("\nwhere the time went (s):\n" + spent)

@@ -51,6 +51,7 @@ from harness.parity.op import (
     Unavailable,
     case_maker,
     deepgemm,
+    function,
     import_module,
     interpreted,
 )
@@ -201,7 +202,8 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
 
 
 def _gemm_module():
-    mod = import_module("sglang.kernels.ops.gemm.fp8_kernel")
+    # moved from quantization/ to gemm/ in SGLang 0.5.21
+    mod = function("sglang.kernels.ops.gemm.fp8_kernel:", "sglang.kernels.ops.quantization.fp8_kernel:")
     if interpreted():
         # the tuned-config lookup reads the CUDA device name; NVIDIA GPUs have no tuned file for
         # these (N, K) either, so the default config it falls back to is the one that runs there

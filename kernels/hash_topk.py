@@ -214,6 +214,7 @@ def sglang_torch(t: dict, case: Case) -> dict[str, torch.Tensor]:
         score_func=SCORING,
         topk=TOPK + S,
         num_shared_topk_slots=S,
+        num_fused_shared_experts=S,  # the same count, under its name up to SGLang 0.5.22
         num_experts=EXPERTS,
         routed_scaling_factor=RSF,
         tid2eid=t["tid2eid"],

@@ -43,9 +43,11 @@ subnormal results.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
-from harness.parity.op import ORACLE, Case, Metric, Path, Unavailable, case_maker, dsv4, import_module
+from harness.parity.op import ORACLE, Case, Metric, Path, Unavailable, case_maker, dsv4, function, import_module
 
 OP = "kv_dequant"
 # fp8 (4 significant bits) times a power of two fits bf16 (8 bits) exactly above bf16's subnormal
@@ -266,7 +268,10 @@ def _triton_call(t: dict, case: Case):
             "dequantize_k_cache_paged_dsv4 does not accept -1: it truncates (-1 // P = 0, -1 % P = -1) "
             "and reads 576 B before the page"
         )
-    mod = import_module("sglang.kernels.ops.attention.dsv4.dequant_k_cache")
+    mod = "sglang.kernels.ops.attention.dsv4.dequant_k_cache"
+    # named dequantize_k_cache_paged up to SGLang 0.5.22; `layout` (V4 / V4.1) from 0.5.21
+    dequant = function(f"{mod}:dequantize_k_cache_paged_dsv4", f"{mod}:dequantize_k_cache_paged")
+    kw = {"layout": function(f"{mod}:KVLayout").V4} if "layout" in inspect.signature(dequant).parameters else {}
     idx = _flat(t)
     n = idx.numel()
     workspace = torch.full((n + 2, 1, dsv4.DIM), SENTINEL, dtype=torch.int16, device=idx.device).view(torch.bfloat16)
@@ -274,7 +279,7 @@ def _triton_call(t: dict, case: Case):
     page = case.params["page"]
 
     def call():
-        return mod.dequantize_k_cache_paged_dsv4(t["k_cache"], idx, page, out=out, layout=mod.KVLayout.V4)
+        return dequant(t["k_cache"], idx, page, out=out, **kw)
 
     return call, workspace
 

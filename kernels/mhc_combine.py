@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Path, case_maker, import_module
+from harness.parity.op import ORACLE, Case, Path, case_maker, function
 
 OP = "mhc_combine"
 # fp32 arithmetic over 4 terms, then one bf16 rounding of the output: bf16's ceilings apply. Round to
@@ -81,14 +81,18 @@ def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
     return {"y": torch.einsum("mk,mkh->mh", t["pre"].double(), x)}
 
 
+def _combine():
+    # hc_combine up to SGLang 0.5.22 (the same kernel and signature), mhc_combine from 0.5.23
+    return function("sglang.kernels.ops.layernorm.mhc:mhc_combine", "sglang.kernels.ops.layernorm.mhc:hc_combine")
+
+
 def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
-    mhc = import_module("sglang.kernels.ops.layernorm.mhc")
-    return {"y": mhc.mhc_combine(t["x_flat"], t["pre"], HC, torch.bfloat16)}
+    return {"y": _combine()(t["x_flat"], t["pre"], HC, torch.bfloat16)}
 
 
 def _timed(t: dict, case: Case):
-    mhc = import_module("sglang.kernels.ops.layernorm.mhc")
-    return lambda: mhc.mhc_combine(t["x_flat"], t["pre"], HC, torch.bfloat16)
+    combine = _combine()
+    return lambda: combine(t["x_flat"], t["pre"], HC, torch.bfloat16)
 
 
 PATHS = [

@@ -14,10 +14,14 @@ from harness.parity.coverage import (
     NOT,
     PARTIAL,
     Group,
+    Inventory,
     InventoryError,
+    check_registry,
     exists,
+    inventory_file,
     load_inventory,
     measure,
+    source_hash,
     unknown,
 )
 from tests.conftest import ROOT, cli, needs_sglang
@@ -58,7 +62,9 @@ def test_group_status_follows_what_the_ops_declare(tmp_path):
         "a": _op("a", {"sglang.k:f": "", "sglang.k:C.m": ""}),
         "b": _op("b", {"sglang.k:C": "width 512 only", "sglang.k:typo": ""}),
     }
-    by_row = {c.group.row: c for c in measure(groups, ops, root)}
+    by_row = {
+        c.group.row: c for c in measure(Inventory(Path("i.toml"), groups, {}, frozenset(), frozenset()), ops, root)
+    }
     assert by_row[1].status == COVERED and by_row[1].by == {"sglang.k:f": ["a"], "sglang.k:C.m": ["a"]}
     assert by_row[2].status == PARTIAL  # its second function is covered only in part
     assert by_row[3].status == PARTIAL and by_row[3].limits == {"sglang.k:C": "width 512 only"}
@@ -83,17 +89,20 @@ def test_every_function_of_the_inventory_is_in_sglang_0_5_23():
     needs_sglang()
     from harness.workers.sglang_src import sglang_root
 
-    groups = load_inventory(INVENTORY)
-    missing = [fn for g in groups for fn in (*g.functions, *g.selectors) if not exists(sglang_root(), fn)]
+    inv = load_inventory(INVENTORY)
+    missing = [fn for g in inv.groups for fn in (*g.functions, *g.selectors) if not exists(sglang_root(), fn)]
     assert not missing, missing
-    assert len(groups) >= 29
+    assert len(inv.groups) >= 29
+    # the sources recorded are those of 0.5.23: nothing has changed since
+    changed = [fn for fn, h in inv.sources.items() if source_hash(sglang_root(), fn) != h]
+    assert not changed, changed
 
 
 def test_every_function_an_op_file_covers_is_in_the_inventory():
     from harness.parity.catalogue import discover
 
     ops = discover(ROOT / "kernels")
-    assert unknown(load_inventory(INVENTORY), ops) == {}
+    assert unknown(load_inventory(INVENTORY).groups, ops) == {}
     assert all(hasattr(op.module, "COVERS") for op in ops.values()), "an op file without COVERS"
 
 
@@ -103,8 +112,13 @@ def test_the_coverage_command_prints_the_table_and_the_counts():
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     counts = [int(w) for w in last.replace(",", "").split() if w.isdigit()]
-    assert len(counts) == 4 and sum(counts[:3]) == counts[3] == len(load_inventory(INVENTORY))
     assert "mhc_fused_post_pre" in r.stdout
+    table = r.stdout.split("\n\nkernel registry")[0].strip().splitlines()[-1]
+    counts = [int(w) for w in table.replace(",", "").split() if w.isdigit()]
+    assert len(counts) == 4 and sum(counts[:3]) == counts[3] == len(load_inventory(INVENTORY).groups)
+    # SGLang 0.5.23's registry, read in a process of its own: every spec eligible on 12.0 is known
+    assert "kernel registry: 510 specs, 471 eligible on compute capability 12.0" in r.stdout
+    assert "the inventory does not know" not in r.stdout
 
 
 def test_covers_that_is_not_a_map_of_functions_is_named(tmp_path):
@@ -115,3 +129,40 @@ def test_covers_that_is_not_a_map_of_functions_is_named(tmp_path):
     bad.write_text(text + '\nCOVERS = {"hash_topk": ""}\n')
     with pytest.raises(CatalogueError, match=r"hash_topk.py: COVERS must be"):
         load_op_file(bad)
+
+
+def test_a_changed_source_is_reported_and_an_unchanged_one_is_not(tmp_path):
+    root = _tree(tmp_path)
+    recorded = {"sglang.k:f": source_hash(root, "sglang.k:f"), "sglang.k:C.m": source_hash(root, "sglang.k:C.m")}
+    groups = [Group(1, "g", ("triton",), (), "", ("sglang.k:f", "sglang.k:C.m"))]
+    inv = Inventory(Path("i.toml"), groups, recorded, frozenset(), frozenset())
+    assert measure(inv, {}, root)[0].changed == []
+    k = root / "sglang" / "k.py"
+    k.write_text(k.read_text().replace("    def m(self):\n        pass", "    def m(self):\n        return 1"))
+    from harness.parity import coverage
+
+    coverage._nodes.cache_clear()  # parsed once per file and process
+    assert measure(inv, {}, root)[0].changed == ["sglang.k:C.m"]
+
+
+def test_the_registry_check_names_what_the_inventory_does_not_know():
+    groups = [Group(1, "g", ("triton",), (), "", ("sglang.k:f",))]
+    inv = Inventory(Path("i.toml"), groups, {}, frozenset({"x.out", "x.gone"}), frozenset({"x.later"}))
+    specs = [
+        {"op": "k.f", "backend": "triton", "target": "sglang.k:f", "eligible": True},  # in a group
+        {"op": "x.out", "backend": "jit", "target": "sglang.x:out", "eligible": True},  # known outside
+        {"op": "x.later", "backend": "jit", "target": "sglang.x:later", "eligible": True},  # to place
+        {"op": "x.new", "backend": "jit", "target": "sglang.x:new", "eligible": True},  # unknown
+        {"op": "x.sm100", "backend": "jit", "target": "sglang.x:sm100", "eligible": False},  # not on 12.0
+    ]
+    c = check_registry(inv, specs)
+    assert [s["op"] for s in c.unknown] == ["x.new"]
+    assert c.gone == ["x.gone"] and c.unplaced == ["x.later"] and (c.eligible, c.total) == (4, 5)
+
+
+def test_the_inventory_of_another_version_is_the_newest_there_is(tmp_path):
+    for v in ("0.5.9", "0.5.23", "0.5.10"):
+        (tmp_path / f"sglang-{v}.toml").write_text("")
+    assert inventory_file(tmp_path, "0.5.10").name == "sglang-0.5.10.toml"
+    assert inventory_file(tmp_path, "0.5.22").name == "sglang-0.5.23.toml"
+    assert inventory_file(tmp_path / "none", "0.5.22") is None

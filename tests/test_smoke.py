@@ -94,3 +94,24 @@ def test_the_installed_console_script(smoke):
     assert r.returncode == 0, r.stderr[-2000:]
     (run,) = list_runs(cwd / "runs")
     assert [m["run_id"] for m in json.loads(r.stdout)] == [run.run_id]
+
+
+def test_the_run_stores_its_coverage_and_says_what_is_not_covered(smoke):
+    """Every kernel run stores a coverage row per kernel group of the inventory; the console and the page
+    name the groups nothing checks."""
+    from harness.parity.coverage import load_inventory
+    from tests.conftest import ROOT
+
+    r, cwd = smoke
+    (run,) = list_runs(cwd / "runs")
+    cov = run.measurements[run.measurements["suite"] == "coverage"]
+    groups = load_inventory(ROOT / "kernels" / "inventory" / "sglang-0.5.23.toml").groups
+    assert len(cov) == len(groups) and set(cov["metric"]) == {"functions_covered"}
+    details = [json.loads(d) for d in cov["detail"]]
+    nothing = [d["group"] for d in details if d["status"] == "not"]
+    assert all(v == 0 for v, d in zip(cov["value"], details) if d["status"] == "not")
+    assert all(0 < v for v, d in zip(cov["value"], details) if d["status"] != "not")
+    for name in nothing:
+        assert "not covered: " in r.stdout and name in r.stdout
+    page = (run.dir / "artifacts" / "report.html").read_text()
+    assert "kernel groups covered" in page and all(name in page for name in nothing)

@@ -102,7 +102,7 @@ class _PathAudit:
         log = self.writer.artifacts / "workers" / f"audit.{op}.{impl}.log"
         timeout_s, cancelled = self.slots.timeout_s, self.slots.cancelled
         results = list(run_path(job, timeout_s=timeout_s, log=log, env=env, cancelled=cancelled, forks=forks))
-        bad = [r for r in results if r.status not in ("ok",) and not r.status.startswith("skipped")]
+        bad = [r for r in results if r.status not in ("ok",) and not r.status.startswith(("skipped", "absent"))]
         records = read_journal(capture)
         errors = [r["error"] for r in records if "error" in r]
         modules = {r["module"]: r for r in records if r.get("kind") == "cuda"}

@@ -100,7 +100,7 @@ def unrunnable(good: pd.DataFrame, step: pd.DataFrame) -> dict[tuple[str, str], 
         if (case, impl) not in ran:
             continue
         error = str(_detail(detail).get("error") or "")
-        if status.startswith("skipped"):
+        if status.startswith(("skipped", "absent")):
             out[(case, impl)] = status
         elif status == "failed" and error.split(":", 1)[0] in LOAD_ERRORS:
             out[(case, impl)] = f"failed: {error}"

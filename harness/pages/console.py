@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from harness.parity.coverage import COVERED, NOT, PARTIAL, GroupCoverage
+from harness.parity.coverage import COVERED, NOT, PARTIAL, GroupCoverage, RegistryCheck
 from harness.results import metrics as M
 from harness.results.metrics import ORACLE
 from harness.results.store import DAMAGED, Run
@@ -214,19 +214,63 @@ def runs_table(runs: list[Run]) -> str:
 
 
 def coverage_table(groups: list[GroupCoverage]) -> str:
-    """`coverage`: a line per kernel group of the inventory (what selects it on SM120, covered / partial /
-    not, by which ops, what their cases leave out, what the SGLang measured lacks), then the counts."""
-    head = ("row", "kernel group", "kinds", "status", "by", "left out, absent")
+    """`coverage`: a line per kernel group of the inventory (covered / partial / not, by which ops and
+    the registry's op ids, what their cases leave out, what the SGLang measured lacks or changed), then
+    the counts."""
+    head = ("row", "kernel group", "kinds", "status", "by", "left out, absent, changed")
     lines = [head]
     for c in sorted(groups, key=lambda c: c.group.row):
         ops = sorted({op for names in c.by.values() for op in names})
         gaps = [f"{fn.split(':')[1]}: {why}" for fn, why in c.limits.items()]
         gaps += [f"not covered: {fn.split(':')[1]}" for fn in c.group.functions if fn not in c.by and c.by]
         gaps += [f"absent: {fn}" for fn in c.absent]
+        gaps += [f"changed since the inventory was read: {fn}" for fn in c.changed]
         lines.append((str(c.group.row), c.group.name[:48], ",".join(c.group.kinds), c.status, ",".join(ops) or "-",
                       "; ".join(gaps)))  # fmt: skip
     widths = [max(len(x[i]) for x in lines) for i in range(len(head) - 1)]
     text = "\n".join("  ".join([*(c.ljust(w) for c, w in zip(x, widths)), x[-1]]).rstrip() for x in lines)
+    return f"{text}\n\n{coverage_counts(groups)}"
+
+
+def coverage_counts(groups: list[GroupCoverage]) -> str:
     counts = {s: sum(c.status == s for c in groups) for s in (COVERED, PARTIAL, NOT)}
-    total = f"{counts[COVERED]} covered, {counts[PARTIAL]} partial, {counts[NOT]} not covered, of {len(groups)} groups"
-    return f"{text}\n\n{total}"
+    return f"{counts[COVERED]} covered, {counts[PARTIAL]} partial, {counts[NOT]} not covered, of {len(groups)} groups"
+
+
+def registry_lines(check: RegistryCheck) -> str:
+    """What SGLang's kernel registry has that the inventory does not place."""
+    out = [f"kernel registry: {check.total} specs, {check.eligible} eligible on compute capability 12.0"]
+    if check.unknown:
+        out.append(f"  {len(check.unknown)} eligible spec(s) the inventory does not know (place them, or run "
+                   "tools/record_inventory.py):")  # fmt: skip
+        out += [f"    {s['op']} [{s['backend']}] {s['target']}" for s in check.unknown]
+    if check.unplaced:
+        out.append(f"  named in DeepSeek-V4's sources, in no group yet (to review): {', '.join(check.unplaced)}")
+    if check.gone:
+        out.append(f"  listed in the inventory, no longer registered: {', '.join(check.gone)}")
+    return "\n".join(out)
+
+
+def stored_coverage(df: pd.DataFrame) -> list[dict]:
+    """A run's coverage rows (suite "coverage"), by group row: the group, its status and its gaps."""
+    out = []
+    for _, r in df[df["suite"] == "coverage"].sort_values("case").iterrows():
+        d = json.loads(r["detail"] or "{}")
+        out.append({"row": int(r["case"].removeprefix("group")), "share": float(r["value"]), **d})
+    return out
+
+
+def coverage_summary(df: pd.DataFrame) -> str:
+    """What the run says of coverage: the counts, then each group not covered, plainly."""
+    groups = stored_coverage(df)
+    if not groups:
+        return ""
+    counts = {s: sum(g["status"] == s for g in groups) for s in (COVERED, PARTIAL, NOT)}
+    lines = [
+        f"coverage of DeepSeek-V4's SM120 kernel groups ({groups[0].get('inventory', '?')}): "
+        f"{counts[COVERED]} covered, {counts[PARTIAL]} partial, {counts[NOT]} NOT covered, of {len(groups)}"
+    ]
+    lines += [f"  not covered: {g['row']} {g['group']}" for g in groups if g["status"] == NOT]
+    lines += [f"  absent from this SGLang: {fn}" for g in groups for fn in g.get("absent", [])]
+    lines += [f"  changed since the inventory was read: {fn}" for g in groups for fn in g.get("changed", [])]
+    return "\n".join(lines)

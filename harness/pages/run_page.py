@@ -12,6 +12,7 @@ import pandas as pd
 
 from harness.content import content_dir
 from harness.pages import walltime
+from harness.pages.console import stored_coverage
 from harness.results import metrics as M
 from harness.results.metrics import ORACLE
 from harness.results.store import Run, atomic_write
@@ -155,6 +156,7 @@ def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
             audit=audit,
             serving=_serving(run, df, over) if not df.empty else {},
             walltime=walltime.rows(df) if not df.empty else [],
+            coverage=stored_coverage(df) if not df.empty else [],
             M=M,  # the template names metrics through the vocabulary, as the engine does
             parts=walltime.PARTS,
             part_names=walltime.HEAD,

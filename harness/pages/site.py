@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import limits
+from harness.pages.console import stored_coverage
 from harness.pages.run_page import _env, render_run
 from harness.results import judge
 from harness.results import metrics as M
@@ -187,6 +188,17 @@ def _bisect_pages(store: Path, out: Path, pages: set[str]) -> list[dict]:
     return list(reversed(records))
 
 
+def _coverage(run: Run) -> dict:
+    """The run's coverage (groups covered / in part / not) and its paths absent from its SGLang."""
+    groups = stored_coverage(run.measurements) if not run.measurements.empty else []
+    m = run.measurements
+    absent = int((m["status"].str.startswith("absent") & (m["metric"] == M.OUTCOME)).sum()) if not m.empty else 0
+    if not groups:
+        return {"coverage": None, "absent": absent}
+    counts = [sum(g["status"] == s for g in groups) for s in ("covered", "partial", "not")]
+    return {"coverage": "{} / {} / {}".format(*counts), "absent": absent}
+
+
 def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
     """The site of a store; a damaged run is left out, named on the index with the reason, and said on
     stderr."""
@@ -204,7 +216,8 @@ def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
         page = out / "runs" / f"{r.run_id}.html"
         if not page.exists() or r.run_id == runs[-1].run_id:  # finished runs never change
             render_run(r, over, page)
-        rows.append({"run": r.manifest, "label": _label(r), "over": len(over), "failed": len(judge.broken(r))})
+        rows.append({"run": r.manifest, "label": _label(r), "over": len(over), "failed": len(judge.broken(r)),
+                     **_coverage(r)})  # fmt: skip
     # a bisect's steps are runs of commits out of order: their page is the bisect's, not the history
     history = [r for r in runs if "bisect" not in r.manifest]
     recent = history[-HISTORY:]

@@ -23,7 +23,7 @@ from harness.parity.inputs import load_or_build, to_device
 from harness.parity.roofline import time_cpu, time_cuda
 from harness.results.metrics import ORACLE
 from harness.workers import jit_capture, sglang_src, tilelang_capture, triton_capture
-from harness.workers.environment import Unavailable, missing_module
+from harness.workers.environment import Absent, Unavailable, absent_from, environment_conflict, missing_module
 from harness.workers.forkserver import learnable
 from harness.workers.sglang_src import SGL_KERNEL_CALLS
 from harness.workers.worker import Job, output_file
@@ -128,11 +128,13 @@ def child(job_file: str) -> int:
             emit(event="result", case=name, status="ok", seconds=seconds, digest=dig, detail=detail)
         except Unavailable as exc:
             emit(event="result", case=name, status=f"skipped({exc})", seconds=time.perf_counter() - t0)
+        except Absent as exc:
+            emit(event="result", case=name, status=f"absent({exc})", seconds=time.perf_counter() - t0)
         except Exception as exc:  # a failing kernel is a measurement, not the end of the run
             traceback.print_exc()
-            missing = missing_module(exc)
-            if missing:  # the host lacks a package of the path's import chain: not the path's fault
-                emit(event="result", case=name, status=f"skipped({missing})", seconds=time.perf_counter() - t0)
+            not_kernel = _not_the_kernel(exc)
+            if not_kernel:  # the SGLang measured lacks the function, or the host cannot import it
+                emit(event="result", case=name, status=not_kernel, seconds=time.perf_counter() - t0)
                 continue
             emit(
                 event="result",
@@ -154,6 +156,21 @@ def child(job_file: str) -> int:
         if i == 0 and job.modules_file:
             _report_modules(job.modules_file, imported, emit)
     return 0
+
+
+def _not_the_kernel(exc: BaseException) -> str | None:
+    """The status of an error that says nothing of the kernel (harness/workers/environment.py): the op
+    file asked for a function this SGLang lacks (`absent`), a package of the import chain is not
+    installed, or importing SGLang fails in another package (both `skipped`); else None."""
+    try:
+        root = sglang_src.sglang_root()
+    except Unavailable:
+        root = None
+    absent = absent_from(exc, root, sglang_src.generated("__version__"))
+    if absent:
+        return f"absent({absent})"
+    why = missing_module(exc) or environment_conflict(exc, root)
+    return f"skipped({why})" if why else None
 
 
 def _steady(path, inputs, case, device: str) -> dict:

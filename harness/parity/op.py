@@ -21,13 +21,13 @@ from harness.parity.catalogue import load_module
 from harness.parity.contract import Case, Path, Tensors
 from harness.parity.drift import Metric, calc_diff, worst_row_calc_diff
 from harness.results.metrics import ORACLE
-from harness.workers.environment import Unavailable
-from harness.workers.sglang_src import import_module, load_by_path, require_root
+from harness.workers.environment import Absent, Unavailable
+from harness.workers.sglang_src import generated, import_module, load_by_path, require_root
 from harness.workers.triton_capture import capturing, keep_first_config
 
 __all__ = [
     "ORACLE", "SM90", "SM100", "SM120", "Case", "Metric", "Path", "Tensors", "Unavailable",
-    "calc_diff", "case_maker", "capturing", "deepgemm", "dsv4", "import_module", "interpreted",
+    "calc_diff", "case_maker", "capturing", "deepgemm", "dsv4", "function", "import_module", "interpreted",
     "keep_first_config", "load_by_path", "load_module", "require", "require_root", "sibling", "worst_row_calc_diff",
 ]  # fmt: skip
 
@@ -68,3 +68,25 @@ def sibling(this_file: str, stem: str) -> ModuleType:
     """Another op file of the same folder (`sibling(__file__, "mhc_sinkhorn")`), to reuse its inputs
     or its oracle."""
     return load_module(FilePath(this_file).resolve().parent / f"{stem}.py")
+
+
+def function(*places: str) -> Any:
+    """The SGLang function (or class, or method: `module:Class.method`; or the module itself: `module:`)
+    at the first of `places` these sources have. Where SGLang moved a function between versions, the op
+    file names every place it has lived, newest first; where none of them is here, Absent names them
+    all (the path is recorded `absent(...)`, a loss of coverage, not a failure)."""
+    for place in places:
+        module, _, qualname = place.partition(":")
+        try:
+            found: Any = import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+                continue  # this module is not in these sources: try the next place
+            raise  # the module is here and fails to import: that is the path's failure
+        for part in qualname.split(".") if qualname else ():
+            found = getattr(found, part, None)
+            if found is None:
+                break
+        if found is not None:
+            return found
+    raise Absent(f"{' or '.join(places)}: not in SGLang {generated('__version__') or '(version unknown)'}")

@@ -7,6 +7,8 @@ Rows are aligned on (suite, case, impl, reference, metric); a differing case_ver
     same                   it is not (or it is, but small)
     new / missing          only the candidate / only the baseline has the row
     failed / fixed         the candidate's status is not ok / the baseline's was not and now is
+    absent                 the path ran in the baseline; its function is not in the candidate's SGLang
+                           (coverage lost: the baseline's figures of that path go with it)
     not comparable         the case changed, or the row was skipped
 
 "Statistically real": Mann-Whitney on the samples of repeated timings and throughputs; McNemar on
@@ -25,7 +27,7 @@ import math
 import pandas as pd
 
 from harness.results import metrics, stats
-from harness.results.store import FAILURES
+from harness.results.store import ABSENT, FAILURES
 
 KEY = ["suite", "case", "impl", "reference", "metric"]
 ALPHA = metrics.ALPHA
@@ -120,8 +122,12 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
                 verdict, reason = "failed", sb if sa not in bad else f"{sb}, as in the baseline"
             elif sa in bad and sb == "ok":
                 verdict, reason = "fixed", f"was {sa}"
-            elif sa == sb and sb.startswith("skipped"):
-                verdict, reason = "same", "skipped in both"
+            elif sb.startswith(ABSENT) and not sa.startswith(ABSENT):
+                verdict, reason = "absent", f"coverage lost: {sb}"
+            elif sa == sb and sb.startswith(("skipped", ABSENT)):
+                verdict, reason = "same", f"{sb.split('(')[0]} in both"
+            elif sa.startswith(ABSENT):
+                verdict, reason = "not comparable", sa
             elif sa.startswith("skipped") or sb.startswith("skipped"):
                 verdict, reason = "not comparable", sb if sb.startswith("skipped") else sa
             else:
@@ -130,7 +136,17 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
         row.update(verdict=verdict, reason=reason)
         out.append(row)
     _follow_sources(out)
+    _follow_absence(out)
     return pd.DataFrame(out, columns=KEY + ["baseline", "candidate", "change", "p_value", "verdict", "reason"])
+
+
+def _follow_absence(rows: list[dict]) -> None:
+    """A path absent from the candidate's SGLang has no figures: the baseline's figures of that path and
+    case are lost with it, not missing for an unknown reason."""
+    gone = {(r["case"], r["impl"]): r["reason"] for r in rows if r["verdict"] == "absent"}
+    for r in rows:
+        if r["verdict"] == "missing" and (r["case"], r["impl"]) in gone:
+            r.update(verdict="absent", reason=gone[(r["case"], r["impl"])])
 
 
 def _follow_sources(rows: list[dict]) -> None:

@@ -3,6 +3,7 @@
 It fails on
 - a measurement over its absolute ceiling (drift from the oracle, shared memory, ...), candidate alone;
 - a path that failed, crashed or timed out;
+- a path that ran in the baseline and is absent from the candidate's SGLang (coverage lost);
 - a drift figure `drift_factor` times the baseline's or more;
 - a slowdown or throughput drop past `perf_regression` that compare() also finds significant;
 - an accuracy under `gsm8k_floor`, or a significant accuracy drop.
@@ -136,7 +137,7 @@ def compared_rows(compared: pd.DataFrame, cfg: GateConfig, candidate_status: str
         found.append(Finding(f"{op}/*", "*", "", "*", what))
     cov = Compared(
         baseline_rows=int((judged["verdict"] != "new").sum()),
-        compared=int(((judged["verdict"] != "new") & (judged["verdict"] != "missing")).sum()),
+        compared=int((~judged["verdict"].isin(["new", "missing", "absent"])).sum()),
         missing=len(missing),
         allowed_missing=int(allowed.sum()),
         new=int((judged["verdict"] == "new").sum()),
@@ -173,6 +174,8 @@ def gate(
         what, before = None, False
         if r["verdict"] == "failed":
             what, before = r["reason"], r["reason"].endswith("as in the baseline")
+        elif r["verdict"] == "absent" and r["metric"] == M.OUTCOME:  # one finding per path and case
+            what = r["reason"]
         elif r["verdict"] == "regressed":
             change, family = r["change"], M.family(r["metric"])
             p = "" if math.isnan(r["p_value"]) else f"p={r['p_value']:.2g}"

@@ -58,6 +58,8 @@ ORACLE = "fp64"
 OUTCOME = "outcome"
 TIME_US, GBPS, TFLOPS, ROOFLINE_FRAC, TIME_RATIO = "time_us", "gbps", "tflops", "roofline_frac", "time_ratio"
 OUTPUT_TOK_S, REQUEST_S = "output_tok_s", "request_s"
+# of a kernel group of the forward-path inventory: the share of its functions an op file covers (suite "coverage")
+COVERAGE = "functions_covered"
 GSM8K_ACC = "gsm8k_acc"
 CALC_DIFF, WORST_ROW_CALC_DIFF, COSINE = "calc_diff", "worst_row_calc_diff", "cosine"
 MAX_ABS, MAX_REL, FRAC_OUTSIDE_TOL = "max_abs", "max_rel", "frac_outside_tol"
@@ -123,6 +125,7 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo(DYNAMIC_SHARED_BYTES, "B", "lower", **_COUNT),
         MetricInfo(CLUSTER_LAUNCHES, "count", "lower", **_COUNT),
         MetricInfo(KERNELS, "count", "lower", COUNT, 0.0),
+        MetricInfo(COVERAGE, "share", "higher", COUNT, 0.0),  # any loss is one; the gate fails on absent paths
         # latencies have samples (one per repeat) but are judged as before: a factor of 2
         *(
             MetricInfo(latency(what, stat), "ms", "lower", LATENCY, 1.0, test=MANN_WHITNEY)

@@ -65,7 +65,9 @@ SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
-FAILURES = ("failed", "crashed", "timeout")  # the statuses that fail a run; else "ok", "skipped(<reason>)"
+# the statuses that fail a run; else "ok", "skipped(<reason>)", "absent(<what>)"
+FAILURES = ("failed", "crashed", "timeout")
+ABSENT = "absent"  # absent(<module>.<name> not in SGLang <version>): the path's function is not in the SGLang measured
 
 
 class StoreError(Exception):

@@ -11,13 +11,14 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
-from harness.workers.environment import Unavailable, drop_orphans, missing_module
+from harness.workers.environment import Absent, Unavailable, drop_orphans, missing_module
 
 ENV = "SM120_HARNESS_SGLANG_SRC"
 
@@ -35,6 +36,20 @@ def sglang_root() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))).resolve().parent
 
 
+def generated(field: str) -> str | None:
+    """A field of the sources' generated sglang/_version.py (`__version__`, `__commit_id__`), read
+    as text: importing sglang runs its whole package __init__."""
+    try:
+        root = sglang_root()
+    except Unavailable:
+        return None
+    file = root / "sglang" / "_version.py" if root else None
+    if file is None or not file.is_file():
+        return None
+    m = re.search(rf"^{field}\s*=\s*(?:\w+\s*=\s*)?['\"]([^'\"]+)['\"]", file.read_text(), re.MULTILINE)
+    return m.group(1) if m else None
+
+
 def require_root() -> Path:
     root = sglang_root()
     if root is None:
@@ -46,7 +61,7 @@ def load_by_path(relpath: str) -> ModuleType:
     """Load `sglang/<relpath>` as a standalone module (it must import only torch, triton and stdlib)."""
     file = require_root() / "sglang" / relpath
     if not file.is_file():
-        raise Unavailable(f"{file} does not exist in this SGLang version")
+        raise Absent(f"sglang/{relpath} not in SGLang {generated('__version__') or '(version unknown)'}")
     name = "_sm120_harness_sglang_" + relpath.replace("/", "_").removesuffix(".py")
     if name in sys.modules:
         return sys.modules[name]
