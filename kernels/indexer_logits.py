@@ -14,9 +14,10 @@ Inputs, in the production layout (built here, independently of SGLang's writers)
               TP=1 and TP=2 see the same shapes); each (token, head) row quantized to |q| <= 448,
               its scale folded into the weights, as `fused_q_indexer_rope_hadamard_quant` does
   kv_cache    [num_pages, 64, 1, 132] uint8, the fused index-K cache: a 64-token page is 8448 bytes,
-              first 64 x 128 fp8-e4m3 values (token-major), then 64 fp32 scales, each a power of two
-              (UE8M0-valued: 2^ceil(log2(amax / 448)) per token); the [64, 1, 132] view is only a
-              reshape of those bytes, a "row" of 132 B is not one token
+              first 64 x 128 fp8-e4m3 values (token-major), then 64 fp32 scales, max(1e-4, amax) / 448
+              per token, as SGLang's writer stores them (fused_norm_rope_v2.cuh, the indexer branch: its
+              comment says UE8M0, its code keeps the plain quotient, not a power of two); the
+              [64, 1, 132] view is only a reshape of those bytes, a "row" of 132 B is not one token
   weights     [B, 64] fp32 (weights_proj output x softmax_scale x 64^-0.5 x the q scale)
   seq_lens    [B] int32: compressed (c4) lengths, >= 1 (SGLang pads unused rows with 1)
   page_table  [B, max_pages] int32: physical pages scattered over the pool; entries past a row's
@@ -120,12 +121,13 @@ def lengths(case: Case) -> list[int]:
 
 def fused_cache(k: torch.Tensor) -> torch.Tensor:
     """k [pages * 64, 128] float -> the fused uint8 cache [pages, 64, 1, 132]: per page the fp8 values
-    of its 64 tokens, then their 64 fp32 scales (the smallest power of two keeping |k / s| <= 448)."""
+    of its 64 tokens, then their 64 fp32 scales, max(1e-4, amax) / 448 as SGLang's writer computes them
+    in fp32 (fused_norm_rope_v2.cuh)."""
     n = k.shape[0]
     pages = n // PAGE
-    amax = k.double().abs().amax(-1).clamp(min=1e-30)
-    scale = torch.pow(2.0, torch.ceil(torch.log2(amax / FP8_MAX)))
-    k8 = (k.double() / scale[:, None]).to(torch.float8_e4m3fn)
+    amax = k.float().abs().amax(-1)
+    scale = torch.clamp(amax, min=1e-4) / FP8_MAX
+    k8 = (k.float() * (1.0 / scale)[:, None]).to(torch.float8_e4m3fn)
     buf = torch.empty(pages, PAGE_BYTES, dtype=torch.uint8)
     buf[:, : PAGE * DIM] = k8.view(torch.uint8).reshape(pages, PAGE * DIM)
     buf[:, PAGE * DIM :] = scale.float().view(torch.uint8).reshape(pages, PAGE * 4)
