@@ -288,6 +288,9 @@ class _DLManagedTensor(ctypes.Structure):
     _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
 
 
+ALIGN = 256  # bytes: cudaMalloc's alignment
+
+
 class ShapeOnlyTensor:
     """A DLPack producer for a tensor on CUDA device 0 whose memory is a zeroed host buffer: enough for
     host code that reads shapes, strides and dtypes; no kernel ever reads it."""
@@ -297,12 +300,14 @@ class ShapeOnlyTensor:
             raise CudaAuditError(f"the replay has no DLPack type for {dtype}")
         code, bits = _DLPACK_DTYPES[dtype]
         extent = 1 + sum((n - 1) * s for n, s in zip(shape, strides)) if all(shape) else 0
-        self._buf = ctypes.create_string_buffer(max(extent * bits // 8, 1) + 16)
+        self._buf = ctypes.create_string_buffer(max(extent * bits // 8, 1) + ALIGN)
         self._shape = (ctypes.c_int64 * len(shape))(*shape)
         self._strides = (ctypes.c_int64 * len(shape))(*strides)
         self._m = _DLManagedTensor()
         t = self._m.dl_tensor
-        t.data, t.device, t.ndim = ctypes.addressof(self._buf), _DLDevice(KDL_CUDA, 0), len(shape)
+        base = ctypes.addressof(self._buf)
+        # aligned as cudaMalloc's memory is: launch code checks vector alignment (tiny_gemm: 32 B)
+        t.data, t.device, t.ndim = base + (-base) % ALIGN, _DLDevice(KDL_CUDA, 0), len(shape)
         t.dtype, t.shape, t.strides, t.byte_offset = _DLDataType(code, bits, 1), self._shape, self._strides, 0
 
     def __dlpack_device__(self) -> tuple[int, int]:

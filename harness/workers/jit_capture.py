@@ -83,6 +83,12 @@ def sm120_choices() -> None:
     common = import_module("sglang.srt.utils.common")
     utils = import_module("sglang.srt.utils")
     common.is_sm120_supported = utils.is_sm120_supported = lambda *a, **k: True
+    # An op SGLang wraps in register_custom_op goes through the dispatcher unless its tensors are on CUDA,
+    # and is registered for the platform's key only: without a GPU, ops registered from here on call
+    # their body (which loads and calls the JIT module) directly
+    custom_op = import_module("sglang.srt.utils.custom_op")
+    if hasattr(custom_op, "_call_directly_in_eager"):
+        custom_op._call_directly_in_eager = lambda op_func, op: op_func
 
 
 def install(path: str) -> None:
