@@ -15,7 +15,7 @@ from harness import jobs
 from harness import run as engine
 from harness.content import content_dir
 from harness.history.bisect import BisectError, StepError, bisect, summary
-from harness.pages.console import ClosableStdout, coverage_table, registry_lines, runs_table
+from harness.pages.console import ClosableStdout, coverage_table, line_coverage_table, registry_lines, runs_table
 from harness.pages.site import build as build_site
 from harness.results.compare import summary_counts, to_markdown
 from harness.results.store import StoreError, atomic_write, list_runs
@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     bis.add_argument("--json", action="store_true", help="the result and the steps as JSON on stdout")
     cov = sub.add_parser("coverage", help="the kernel groups DeepSeek-V4 runs on SM120, and which the op files check")
     cov.add_argument("--kernels-dir", type=Path)
+    cov.add_argument(
+        "--lines",
+        action="store_true",
+        help="run the default profile's CPU cases tracing SGLang: the lines of its Triton kernels they execute",
+    )
+    cov.add_argument("--only", help="with --lines: comma-separated op names")
     runs = sub.add_parser("runs", parents=[store], help="list the runs of a store")
     runs.add_argument("--json", action="store_true")
     return ap
@@ -194,6 +200,10 @@ def cmd_runs(args) -> int:
 
 
 def cmd_coverage(args) -> int:
+    if args.lines:
+        lines = jobs.triton_line_coverage(args.kernels_dir, args.only.split(",") if args.only else None)
+        print(line_coverage_table(lines.files))
+        return engine.EXIT_OK
     c = jobs.kernel_coverage(args.kernels_dir)
     if c.inventory is None:
         raise engine.UsageError(f"no inventory in {args.kernels_dir or 'kernels'}/inventory/")

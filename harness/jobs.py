@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from harness import limits
 from harness.content import content_dir
@@ -51,7 +52,8 @@ from harness.run import (
     execute,
     to_stderr,
 )
-from harness.workers.environment import Unavailable
+from harness.workers import line_coverage
+from harness.workers.environment import Unavailable, scoped_environ
 from harness.workers.sglang_src import sglang_root
 
 
@@ -276,3 +278,32 @@ def kernel_coverage(kernels_dir: Path | None = None, with_registry: bool = True)
     checked = check_registry(inv, registry) if registry is not None else None
     groups = measure(inv, ops, root, registry)
     return KernelCoverage(file, version, groups, unknown(inv.groups, ops), checked, error)
+
+
+@dataclass
+class LineCoverage:
+    files: list[dict]  # per SGLang file with a kernel the catalogue reached: each kernel's statements, executed
+    run: Run  # the traced run (a temporary store): its statuses say which paths ran
+
+
+def triton_line_coverage(kernels_dir: Path | None = None, only: list[str] | None = None) -> LineCoverage:
+    """The default profile's CPU cases run with every worker tracing SGLang's sources: which lines of
+    SGLang's Triton kernels the catalogue executes under the interpreter (harness/workers/line_coverage.py).
+    Only where there is no GPU: on a GPU the kernels run compiled."""
+    if torch.cuda.is_available():
+        raise UsageError("coverage --lines traces the kernels under Triton's interpreter: on a machine without a GPU")
+    try:
+        import coverage  # noqa: F401
+    except ImportError as exc:
+        raise UsageError("coverage --lines needs coverage.py (pip install 'sm120-harness[sglang-cpu]')") from exc
+    try:
+        root = sglang_root()
+    except Unavailable as exc:
+        raise UsageError(str(exc)) from exc
+    if root is None:
+        raise UsageError("coverage --lines: sglang is not installed")
+    with tempfile.TemporaryDirectory(prefix="sm120-lines-") as tmp:
+        with scoped_environ({line_coverage.ENV: tmp}):
+            request = Request(store=str(Path(tmp) / "runs"), kernels_dir=kernels_dir, only=only, say=lambda _: None)
+            out = execute(request)
+        return LineCoverage(line_coverage.measure(Path(tmp), root), out.run)

@@ -24,7 +24,7 @@ from harness.parity.coverage import (
     source_hash,
     unknown,
 )
-from tests.conftest import ROOT, cli, needs_sglang
+from tests.conftest import OPS, ROOT, cli, needs_sglang
 
 INVENTORY = ROOT / "kernels" / "inventory" / "sglang-0.5.23.toml"
 
@@ -166,3 +166,49 @@ def test_the_inventory_of_another_version_is_the_newest_there_is(tmp_path):
     assert inventory_file(tmp_path, "0.5.10").name == "sglang-0.5.10.toml"
     assert inventory_file(tmp_path, "0.5.22").name == "sglang-0.5.23.toml"
     assert inventory_file(tmp_path / "none", "0.5.22") is None
+
+
+TOY_KERNEL = """import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _double_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr, NEGATE: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    if NEGATE:
+        x = -x
+        x = x * 1
+    tl.store(y_ptr + offs, x * 2, mask=mask)
+
+
+@triton.jit
+def _never_kernel(x_ptr):
+    tl.store(x_ptr, 0.0)
+
+
+def double(x):
+    y = torch.empty_like(x)
+    _double_kernel[(1,)](x, y, x.numel(), BLOCK=triton.next_power_of_2(x.numel()), NEGATE=False)
+    return y
+"""
+
+
+def test_line_coverage_names_the_kernel_lines_no_case_reaches(tmp_path):
+    """`coverage --lines` over a stand-in SGLang whose kernel has a branch no case takes: the branch's two
+    lines, found here by their text, are the ones reported never executed; the kernel never launched is
+    named as not run."""
+    (tmp_path / "sglang").mkdir()
+    (tmp_path / "sglang" / "__init__.py").write_text("")
+    (tmp_path / "sglang" / "toy.py").write_text(TOY_KERNEL)
+    branch = [i for i, line in enumerate(TOY_KERNEL.splitlines(), 1) if line.strip() in ("x = -x", "x = x * 1")]
+    r = cli(
+        ["coverage", "--lines", "--kernels-dir", OPS, "--only", "toy_lines"],
+        env={"SM120_HARNESS_SGLANG_SRC": str(tmp_path)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "sglang/toy.py: 5 of 7 kernel statements executed in 1 kernel(s)" in r.stdout, r.stdout
+    assert f"_double_kernel: 5/7  never: lines {branch[0]}, {branch[1]}" in r.stdout
+    assert "not run: _never_kernel" in r.stdout

@@ -274,3 +274,23 @@ def coverage_summary(df: pd.DataFrame) -> str:
     lines += [f"  absent from this SGLang: {fn}" for g in groups for fn in g.get("absent", [])]
     lines += [f"  changed since the inventory was read: {fn}" for g in groups for fn in g.get("changed", [])]
     return "\n".join(lines)
+
+
+def line_coverage_table(files: list[dict]) -> str:
+    """`coverage --lines`: per SGLang file, each Triton kernel the catalogue reached, its statements executed
+    under the interpreter, and the lines it never reached; kernels of the file it never ran, by name."""
+    if not files:
+        return "no SGLang Triton kernel ran (are the op files' CPU paths skipped here?)"
+    out = []
+    for f in files:
+        ran = {k: v for k, v in f["kernels"].items() if v["executed"]}
+        stmts = sum(v["statements"] for v in ran.values())
+        hit = sum(v["executed"] for v in ran.values())
+        out.append(f"{f['file']}: {hit} of {stmts} kernel statements executed in {len(ran)} kernel(s)")
+        for k, v in ran.items():
+            missed = ", ".join(map(str, v["missed"][:20])) + (" ..." if len(v["missed"]) > 20 else "")
+            out.append(f"  {k}: {v['executed']}/{v['statements']}" + (f"  never: lines {missed}" if missed else ""))
+        idle = sorted(set(f["kernels"]) - set(ran))
+        if idle:
+            out.append(f"  not run: {', '.join(idle)}")
+    return "\n".join(out)

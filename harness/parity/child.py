@@ -22,7 +22,7 @@ from harness.parity.catalogue import load_op_file
 from harness.parity.inputs import load_or_build, to_device
 from harness.parity.roofline import time_cpu, time_cuda
 from harness.results.metrics import ORACLE
-from harness.workers import jit_capture, sglang_src, tilelang_capture, triton_capture
+from harness.workers import jit_capture, line_coverage, sglang_src, tilelang_capture, triton_capture
 from harness.workers.environment import Absent, Unavailable, absent_from, environment_conflict, missing_module
 from harness.workers.forkserver import learnable
 from harness.workers.sglang_src import SGL_KERNEL_CALLS
@@ -63,6 +63,14 @@ def _where(exc: BaseException) -> str:
 
 
 def child(job_file: str) -> int:
+    cov = line_coverage.start()  # only where SM120_HARNESS_LINE_COVERAGE asks (`coverage --lines`)
+    try:
+        return _child(job_file)
+    finally:
+        line_coverage.save(cov)
+
+
+def _child(job_file: str) -> int:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever the kernels print lands in the log, not in the protocol
 
