@@ -40,7 +40,7 @@ from types import ModuleType
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Metric, Path, case_maker, dsv4, import_module, interpreted
+from harness.parity.op import ORACLE, Case, Metric, Path, case_maker, dsv4, function, import_module, interpreted
 
 OP = "k_norm_rope_flashmla"
 # fp8 nope values (4 significant bits) with power-of-two scales: calc_diff against the exact values is the
@@ -61,6 +61,7 @@ CEILINGS = {
     # bf16 norm) adds <= 0.5 * (|cos| + |sin|) <= 0.71 ulp: 1.25 bounds both
     "rope_err_ulps": 1.25,
     "stray_bytes": 0.0,
+    "readers_disagree": 0.0,  # two exact decoders of the same bytes
 }
 
 
@@ -206,8 +207,22 @@ def read_back(cache: torch.Tensor, loc: torch.Tensor, page: int = PAGE) -> torch
     return out
 
 
+def read_back_triton(cache: torch.Tensor, loc: torch.Tensor, page: int = PAGE) -> torch.Tensor:
+    """The same rows decoded by SGLang's other reader of this cache, the Triton dequantizer of the sparse
+    prefill (kernels/kv_dequant.py's `sglang.triton`), [T, 512] float32; rows at -1 zero."""
+    mod = "sglang.kernels.ops.attention.dsv4.dequant_k_cache"
+    dequant = function(f"{mod}:dequantize_k_cache_paged_dsv4", f"{mod}:dequantize_k_cache_paged")
+    keep = loc >= 0
+    out = torch.zeros(loc.numel(), HEAD, dtype=torch.float32, device=loc.device)
+    if bool(keep.any()):
+        kv = dequant(cache, loc[keep].to(torch.int64), page)
+        out[keep] = kv.reshape(-1, HEAD).float()
+    return out
+
+
 def _result(cache: torch.Tensor, t: dict) -> dict[str, torch.Tensor]:
-    return {"k": read_back(cache, t["out_loc"]), "cache": cache}
+    loc = t["out_loc"]
+    return {"k": read_back(cache, loc), "k_triton_reader": read_back_triton(cache, loc), "cache": cache}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -259,6 +274,10 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
         worst = float(err.max()) if err.numel() else 0.0
         at = divmod(int(err.argmax()), err.shape[1]) if err.numel() else None
         out.append(Metric(name, worst, unit="ulp", detail={"at": list(at) if at else None}))
+    # the two readers of this cache must decode the written bytes alike: bytes one of them reads otherwise
+    # (a layout only one reader assumes) are caught here whatever the oracle says
+    other = outputs["k_triton_reader"].cpu()[keep]
+    out.append(Metric("readers_disagree", float((other != got).sum()), unit="count"))
     cache = outputs["cache"].cpu()
     before = inputs["kvcache"].cpu()
     written = cache[(loc[keep].long() // PAGE)[:, None], PAGE * dsv4.TOKEN_DATA + (loc[keep].long() % PAGE)[:, None] * 8

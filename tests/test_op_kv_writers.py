@@ -78,6 +78,7 @@ def test_clean_paths_are_within_their_ceilings(measured):
         assert values[(impl, "nope_err_ulps")] <= 0.5 + 2.0**-4 + 2.0**-6, impl
         assert values[(impl, "rope_err_ulps")] <= 1.25, impl
         assert values[(impl, "stray_bytes")] == 0, impl
+        assert values[(impl, "readers_disagree")] == 0, impl  # SGLang's two readers decode the bytes alike
         assert impl not in over, impl
     # the oracle's own bytes, read by SGLang's reader, are round to nearest exactly: the layout is SGLang's
     assert values[("oracle.bytes", "nope_err_ulps")] <= 0.5
@@ -92,3 +93,10 @@ def test_self_consistent_writer_is_caught_by_the_reader(measured, fault):
     assert impl in over, fault
     assert values[(impl, "nope_err_ulps")] > 1.0 or values[(impl, "rope_err_ulps")] > 1.25, fault
     assert r.returncode == 1
+
+
+def test_readers_that_decode_the_bytes_otherwise_are_caught(measured):
+    _, over, _, values = measured
+    assert values[("planted.readers_apart", "readers_disagree")] == 1
+    assert values[("planted.readers_apart", "nope_err_ulps")] <= 0.5  # the first reader is right
+    assert "planted.readers_apart" in over

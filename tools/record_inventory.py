@@ -26,7 +26,11 @@ from harness.parity.registry import specs
 from harness.workers.sglang_src import generated, require_root
 
 MARK = "# ---- below: written by tools/record_inventory.py; edit the groups above, then run it again ----"
-DSV4_SOURCES = ("srt/models/deepseek_v4*.py", "srt/layers/attention/dsv4/**/*.py", "srt/layers/attention/deepseek_v4*.py")
+DSV4_SOURCES = (
+    "srt/models/deepseek_v4*.py",
+    "srt/layers/attention/dsv4/**/*.py",
+    "srt/layers/attention/deepseek_v4*.py",
+)
 
 
 def _quote(s: str) -> str:

@@ -217,7 +217,7 @@ def coverage_table(groups: list[GroupCoverage]) -> str:
     """`coverage`: a line per kernel group of the inventory (covered / partial / not, by which ops and
     the registry's op ids, what their cases leave out, what the SGLang measured lacks or changed), then
     the counts."""
-    head = ("row", "kernel group", "kinds", "status", "by", "left out, absent, changed")
+    head = ("row", "kernel group", "kinds", "status", "by (registry ids)", "left out, absent, changed")
     lines = [head]
     for c in sorted(groups, key=lambda c: c.group.row):
         ops = sorted({op for names in c.by.values() for op in names})
@@ -225,7 +225,9 @@ def coverage_table(groups: list[GroupCoverage]) -> str:
         gaps += [f"not covered: {fn.split(':')[1]}" for fn in c.group.functions if fn not in c.by and c.by]
         gaps += [f"absent: {fn}" for fn in c.absent]
         gaps += [f"changed since the inventory was read: {fn}" for fn in c.changed]
-        lines.append((str(c.group.row), c.group.name[:48], ",".join(c.group.kinds), c.status, ",".join(ops) or "-",
+        ids = sorted({i for fn in c.by for i in c.registry_ids.get(fn, [])})
+        by = ",".join(ops) + (f" [{','.join(ids)}]" if ids else "")
+        lines.append((str(c.group.row), c.group.name[:48], ",".join(c.group.kinds), c.status, by or "-",
                       "; ".join(gaps)))  # fmt: skip
     widths = [max(len(x[i]) for x in lines) for i in range(len(head) - 1)]
     text = "\n".join("  ".join([*(c.ljust(w) for c, w in zip(x, widths)), x[-1]]).rstrip() for x in lines)

@@ -47,6 +47,16 @@ def _planted(fault: str):
     return lambda t, case: _real.sglang_reference(t, case, ref=edited_reference(fault))
 
 
-PATHS = [p for p in _real.PATHS if p.name != "sglang.cuda"] + [
-    Path(f"planted.{fault}", _planted(fault)) for fault in EDITS
-]
+def readers_apart(t, case):
+    """The oracle's bytes, one token's first value decoded otherwise by the second reader (as a reader that
+    assumed another offset for one slot would): only `readers_disagree` can see it."""
+    out = _real.oracle_bytes(t, case)
+    out["k_triton_reader"][0, 0] += 1.0
+    return out
+
+
+PATHS = (
+    [p for p in _real.PATHS if p.name != "sglang.cuda"]
+    + [Path(f"planted.{fault}", _planted(fault)) for fault in EDITS]
+    + [Path("planted.readers_apart", readers_apart)]
+)
