@@ -100,3 +100,15 @@ def test_unwritable_store_is_infrastructure(tmp_path):
     blocker.write_text("")
     r = cli(["run", "--store", str(blocker / "runs")])
     assert r.returncode == 3 and "cannot create the run folder" in r.stderr
+
+
+def test_the_pr_profile_runs_every_op_with_decode_cases_on_a_gpu():
+    """An op file added to kernels/ and forgotten in suites/pr.toml would go unchecked by the PR gate; on a
+    GPU each op runs more than its tiny cases (its batch-1 and batch-8 decode shapes)."""
+    ops = discover(ROOT / "kernels")
+    profile = load_profile(ROOT / "suites" / "pr.toml")
+    assert set(profile.kernels.ops) == set(ops), set(ops) ^ set(profile.kernels.ops)
+    cpu = {s.op.name: len(s.cases) for s in select(profile, ops, has_gpu=False, only=None)}
+    gpu = {s.op.name: len(s.cases) for s in select(profile, ops, has_gpu=True, only=None)}
+    assert set(cpu) == set(gpu) == set(ops)
+    assert all(gpu[op] > cpu[op] for op in ops), {op: (cpu[op], gpu[op]) for op in ops}
