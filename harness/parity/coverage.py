@@ -38,7 +38,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 COVERED, PARTIAL, NOT = "covered", "partial", "not"
-KINDS = ("triton", "jit_cuda", "tilelang", "flashinfer", "deepgemm", "cublas", "torch")
+KINDS = ("triton", "jit_cuda", "tilelang", "flashinfer", "deepgemm", "cublas", "torch", "sgl_kernel")
 
 
 class InventoryError(Exception):
