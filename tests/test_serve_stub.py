@@ -469,7 +469,9 @@ def test_timing_and_max_running(stub):
     stats = http(url + "/stub/stats")[1]
     assert stats["max_running_seen"] == 2 and stats["max_waiting_seen"] >= 2
     assert wall >= 2 * 0.09  # two waves of two
-    assert max(results) >= 2 * 0.09
+    # the second wave waited for the first: about twice a request alone (the stub's steps are sleeps, and
+    # a wave's end and the next one's start overlap by a scheduler tick)
+    assert max(results) >= 1.8 * 0.09 and max(results) >= 1.6 * min(results)
 
 
 def test_tokenizer_round_trips(stub):
