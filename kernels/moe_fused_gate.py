@@ -52,6 +52,8 @@ is one no fp32 path can weigh: its routed weights are left out of the drift and 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from harness.parity.op import ORACLE, SM120, Case, Metric, Path, Unavailable, case_maker, import_module
@@ -301,7 +303,13 @@ def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
     args = _gate_args(t, case)
     if case.params["scoring"] != "sqrtsoftplus":
         args["num_token_non_padded"] = None  # biased_topk_jit_kernel_impl drops it for sigmoid
-    w, ids = mod.moe_fused_gate(t["logits"], t["bias"], **args)
+    # before SGLang 0.5.21 the router took no padding count, packed output or log1p option (their defaults
+    # are what it computed): the padded rows were masked after it, by select_experts
+    takes = inspect.signature(mod.moe_fused_gate).parameters
+    masked_after = args["num_token_non_padded"] is not None and "num_token_non_padded" not in takes
+    w, ids = mod.moe_fused_gate(t["logits"], t["bias"], **{k: v for k, v in args.items() if k in takes})
+    if masked_after:
+        _pad_after(t, w, ids)
     return canonical(w, ids, case.params["K"])
 
 
