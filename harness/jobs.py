@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +35,7 @@ from harness.profile import KernelsConfig, Profile, ProfileError, load_profile
 from harness.results import attribution, judge
 from harness.results import metrics as M
 from harness.results.compare import compare
-from harness.results.gate import Compared, Finding, GateRefused, admit, compared_rows, gate, markdown
+from harness.results.gate import Allow, Compared, Finding, GateRefused, admit, compared_rows, gate, markdown
 from harness.results.store import Run, StoreError, is_url, list_runs, resolve_run
 from harness.run import (
     AUDIT,
@@ -141,8 +141,11 @@ def gate_runs(
         over, over_before = judge.breaches(cand, cand_limits), judge.breaches(base, cand_limits)
         compared = compare(base.measurements, cand.measurements)
         cov, missing = compared_rows(compared, profile.gate, cand.status)
+        # the candidate's known findings (its op files' KNOWN, stored with it) allow what they cover, as
+        # the profile's own [gate] allow entries do, until their date
+        cfg = replace(profile.gate, allow=[*profile.gate.allow, *(Allow(**k) for k in judge.known(cand))])
         findings = missing + gate(
-            base.measurements, cand.measurements, over, profile.gate, baseline_breaches=over_before, compared=compared
+            base.measurements, cand.measurements, over, cfg, baseline_breaches=over_before, compared=compared
         )
     md = markdown(findings, title, cov) + describe(base, cand) + moved_kernels(store, base, cand)
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -30,6 +30,16 @@ def for_profile(profile: Profile, selections: list[Selection], *, audit: bool, s
     return limits
 
 
+def known(selections: list[Selection]) -> list[dict]:
+    """The known findings of the selected ops (their KNOWN), as the run stores them."""
+    return [k for s in selections for k in s.op.known]
+
+
+def unjudged(selections: list[Selection]) -> dict[str, dict[str, str]]:
+    """Per selected op, the figures its op file says no limit judges, and why (its UNJUDGED)."""
+    return {s.op.name: dict(getattr(s.op.module, "UNJUDGED", {})) for s in selections}
+
+
 def of_run(run: Run, *, profile: Profile | None = None, kernels_dir: Path | None = None) -> Limits:
     """The limits stored with `run`. A run stored before its limits were is judged by `profile` where one
     is given (its ops selected as on the machine the run measured), else by the op files' own limits

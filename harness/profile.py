@@ -429,12 +429,15 @@ def select(profile: Profile, ops: dict[str, Op], *, has_gpu: bool, only: list[st
             patterns = ["flash"] if has_gpu else ["tiny"]
         elif isinstance(patterns, dict):
             patterns = patterns["gpu" if has_gpu else "cpu"]
-        for metric in cfg.ceilings:
-            known = CEILING_METRICS | set(op.ceilings)
+        for key in cfg.ceilings:
+            known = CEILING_METRICS | {k.split(":")[-1] for k in op.ceilings}
+            path, _, metric = key.rpartition(":")  # `<path>:<metric>` limits one path
+            if path and path not in op.paths:
+                raise _err(file, f"{where}.ceilings.{key}", f"no path {path!r} (paths: {', '.join(op.paths)})")
             if metric not in known and not metric.endswith((".max_abs", ".nonfinite_mismatch")):
                 raise _err(
                     file,
-                    f"{where}.ceilings.{metric}",
+                    f"{where}.ceilings.{key}",
                     f"not a metric with a limit (known: {', '.join(sorted(known))}, <output>.max_abs)",
                 )
         all_cases = op.cases()

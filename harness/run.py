@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from harness import limits
@@ -26,7 +27,14 @@ from harness.cache import locate as locate_cache
 from harness.content import content_dir
 from harness.fingerprint import fingerprint, sglang_git
 from harness.pages import walltime
-from harness.pages.console import Progress, audit_summary, coverage_summary, serving_summary, summary
+from harness.pages.console import (
+    Progress,
+    audit_summary,
+    coverage_summary,
+    known_findings,
+    serving_summary,
+    summary,
+)
 from harness.pages.run_page import render_run
 from harness.parity import coverage
 from harness.parity.catalogue import CatalogueError, Op, Selection, discover
@@ -172,6 +180,8 @@ def _writer(
         "git": sglang_git(),
         "server": None,
         "limits": run_limits,
+        "known": limits.known(plan.selections),  # known findings: allowlisted until their date
+        "unjudged": limits.unjudged(plan.selections),  # figures no limit judges, and why
         "only": request.only,  # a subset of the profile's ops: the gate counts what it lacks
         **request.tags,
     }
@@ -342,8 +352,12 @@ def _judge(request: Request, plan: _Plan, mode: str, writer: RunWriter, code: in
     broken = judge.broken(run)
     if plan.serving:
         say("\n" + serving_summary(run.measurements))
-    if code == EXIT_OK and (len(over) or len(broken)):
+    allowed = known_findings(over, broken, judge.expired(pd.concat([over, broken]), judge.known(run)))
+    if allowed:
+        say("\n" + allowed)
+    failing_over, failing_broken = judge.failing(over), judge.failing(broken)
+    if code == EXIT_OK and (len(failing_over) or len(failing_broken)):
         code = EXIT_GATE
-        say(f"\n{len(over)} measurement(s) over a ceiling, {len(broken)} path x case failed")
+        say(f"\n{len(failing_over)} measurement(s) over a ceiling, {len(failing_broken)} path x case failed")
     say(f"page: {page}")
     return Outcome(run=run, code=code, page=page, selections=plan.selections, profile=plan.profile)

@@ -62,6 +62,7 @@ OP = "fp8_block_gemm"
 # bf16 and measures ~5.5e-6 on the CPU: the bf16 ceiling (1e-5) holds either way, fp8's would hide bugs.
 DTYPE = "bf16"
 PRIMARY = "out"
+OUTPUTS = {"out": "bfloat16"}
 TOLERANCE = (1e-2, 1e-2)
 CEILINGS = {"worst_tile_calc_diff": 5e-5}  # as worst_row_calc_diff: 5x the bf16 global ceiling
 BLOCK = 128

@@ -39,11 +39,12 @@ from types import SimpleNamespace
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Metric, Path, case_maker, import_module, load_by_path
+from harness.parity.op import ORACLE, Case, Known, Metric, Path, case_maker, import_module, load_by_path
 
 OP = "hash_topk"
 DTYPE = "fp32"
 PRIMARY = "topk_weights"
+OUTPUTS = {"topk_weights": "float32", "topk_ids": "int32"}
 TOLERANCE = (1e-6, 1e-5)
 CEILINGS = {"ids_mismatch": 0.0, "underflow_rows_bad": 0.0}
 EXPERTS, TOPK, RSF, SCORING = 256, 6, 1.5, "sqrtsoftplus"
@@ -62,10 +63,10 @@ def cases() -> list[Case]:
     out = [
         _case("tiny_t1_s0", {"tiny"}, T=1, **tiny),
         _case("tiny_t64_s1", {"tiny"}, T=64, S=1, **tiny),
-        # the extreme-logit rows where SGLang's Triton port gives NaN: a known finding, kept out of the
-        # default CPU smoke run (select them with cases = ["tails"]); the flash ones run nightly
-        _case("tiny_t40_s0_tails", {"tails"}, T=40, tails=True, **tiny),
-        _case("tiny_t40_s1_tails", {"tails"}, T=40, S=1, tails=True, **tiny),
+        # the extreme-logit rows where SGLang's Triton port gives NaN: a known finding (KNOWN), run
+        # everywhere, allowlisted
+        _case("tiny_t40_s0_tails", {"tiny", "tails"}, T=40, tails=True, **tiny),
+        _case("tiny_t40_s1_tails", {"tiny", "tails"}, T=40, S=1, tails=True, **tiny),
     ]
     # decode batches and prefill chunks of DeepSeek-V4-Flash, with and without the fused shared expert
     for t in (1, 8, 64, 256, 2048, 8192):
@@ -240,3 +241,17 @@ PATHS = [
 COVERS = {
     "sglang.kernels.ops.moe.dsv4:hash_topk": "",
 }
+
+# the findings the tails cases expose (see the module docstring): they run everywhere and are shown as allowlisted
+KNOWN = [
+    Known(
+        "sglang.triton", "*tails*", "*", "2027-03-31",
+        "hash_topk_triton (the ROCm fallback) takes log(1 + exp(-|x|)) for log1p and renormalises without the "
+        "epsilon: NaN weights on rows whose 6 hashed logits are all below about -17",
+    ),
+    Known(
+        "sglang.torch", "*_s1_tails", "*calc_diff", "2027-03-31",
+        "HashTopK._forward_torch weights the shared slot sum(routed) / rsf: 0 on a row whose scores all "
+        "underflow, where the kernels give 1 / rsf",
+    ),
+]  # fmt: skip

@@ -47,6 +47,7 @@ OP = "k_norm_rope_flashmla"
 # fp8 rounding, ~3e-4, under fp8's default ceilings; the sharp checks are the ulp metrics below
 DTYPE = "fp8"
 PRIMARY = "k"
+OUTPUTS = {"cache": "uint8"}  # what the kernel writes; `k` is the harness's read-back
 TOLERANCE = (1e-2, 1e-1)
 Q_LORA, HEAD, NOPE, ROPE, PAGE = 1024, 512, 448, 64, 256
 EPS = 1e-6  # DeepSeekV4Config.rms_norm_eps
@@ -370,4 +371,9 @@ COVERS = {
     "sglang.kernels.ops.attention.dsv4.norm_rope:fused_k_norm_rope_flashmla": (
         "V4 layout, 256-token pages, bf16 kv only; not the ROCm q-rope launch nor the V4.1 layouts"
     ),
+}
+
+UNJUDGED = {
+    "scale_mismatch": "a scale byte unlike the oracle's is a convention where paths floor the amax differently "
+    "(the test reference at 1e-8, the kernel at 1e-4): nope_err_ulps judges what it does to the values",
 }

@@ -34,6 +34,7 @@ OP = "mhc_combine"
 # truncates instead (its cast passes no rounding mode), which measures ~5.4e-6: still inside.
 DTYPE = "bf16"
 PRIMARY = "y"
+OUTPUTS = {"y": "bfloat16"}  # the sublayer input, in the residual's dtype
 TOLERANCE = (1e-2, 1e-2)
 HC = 4
 HIDDEN = 4096

@@ -69,6 +69,7 @@ OP = "mhc_fused_post_pre"
 # noise here: kernels/mhc_sinkhorn.py, fed fp32 mixes, is where the Sinkhorn itself is judged.
 DTYPE = "bf16"
 PRIMARY = "layer_input"
+OUTPUTS = {"layer_input": "bfloat16", "residual": "bfloat16", "post": "float32", "comb": "float32"}
 TOLERANCE = (1e-2, 1e-2)
 CEILINGS = {
     "residual.calc_diff": 1e-5,

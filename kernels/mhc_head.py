@@ -42,6 +42,7 @@ OP = "mhc_head"
 # than rounds (see kernels/mhc_combine.py), which roughly triples calc_diff and stays inside.
 DTYPE = "bf16"
 PRIMARY = "y"
+OUTPUTS = {"y": "bfloat16"}
 TOLERANCE = (1e-2, 1e-2)
 HC = 4
 HIDDEN = 4096

@@ -43,6 +43,7 @@ OP = "mhc_post"
 # five fp32 products per element and one bf16 rounding of the output: bf16's ceilings apply.
 DTYPE = "bf16"
 PRIMARY = "residual"
+OUTPUTS = {"residual": "bfloat16"}
 TOLERANCE = (1e-2, 1e-2)
 HC, HIDDEN, MIX = 4, 4096, 24
 

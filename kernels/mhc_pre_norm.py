@@ -56,6 +56,7 @@ OP = "mhc_pre_norm"
 DTYPE = "tf32"
 CEILINGS = {"calc_diff": 4e-7, "worst_row_calc_diff": 2e-6}
 PRIMARY = "mixes"
+OUTPUTS = {"mixes": "float32"}
 TOLERANCE = (1e-3, 1e-3)
 HC = 4
 HIDDEN = 4096

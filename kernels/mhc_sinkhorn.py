@@ -47,6 +47,7 @@ OP = "mhc_sinkhorn"
 # ceilings apply. Measured on the CPU: comb calc_diff ~1e-15, worst row ~1e-13.
 DTYPE = "fp32"
 PRIMARY = "comb"
+OUTPUTS = {"pre": "float32", "post": "float32", "comb": "float32"}
 TOLERANCE = (1e-6, 1e-5)
 HC = 4
 MIX = (2 + HC) * HC  # 24

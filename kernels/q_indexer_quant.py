@@ -58,6 +58,7 @@ OP = "q_indexer_quant"
 # e4m3 rounding (3 mantissa bits) of every value: calc_diff ~3.5e-4 against the fp64 rotation, fp8's
 DTYPE = "fp8"
 PRIMARY = "q"
+OUTPUTS = {"weights_out": "float32"}  # q_fp8 is read back as `q` (float64) by the paths
 TOLERANCE = (1e-2, 6.25e-2)  # half an e4m3 step is 2^-4 of the value (1e-2 absolute for the smallest)
 # fp32 rotation, amax, two products: ~1e-7 relative; 2^-16 leaves room, a convention error is >= 1e-2
 CEILINGS = {"scale_rel_err": 2.0**-16}
@@ -250,4 +251,9 @@ PATHS = [
 # the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
 COVERS = {
     "sglang.kernels.ops.attention.dsv4.norm_rope:fused_q_indexer_rope_hadamard_quant": "",
+}
+
+UNJUDGED = {
+    "weights_out.max_abs": "weights_out is the input weight times a constant times the q scale: scale_rel_err "
+    "judges the scale, and the weight is an input",
 }

@@ -67,6 +67,7 @@ OP = "rmsnorm"
 # fp32 reduction, one bf16 rounding of y (and of the residual sum): bf16's ceilings apply, to both outputs.
 DTYPE = "bf16"
 PRIMARY = "y"
+OUTPUTS = {"y": "bfloat16"}  # and `residual` (bf16) where the case has one
 TOLERANCE = (1e-2, 1e-2)
 CEILINGS = {"residual.calc_diff": 1e-5, "residual.worst_row_calc_diff": 5e-5}
 EPS = 1e-6  # DeepSeekV4Config.rms_norm_eps (q_norm uses self.eps, the same value)

@@ -35,6 +35,7 @@ from harness.parity.op import ORACLE, Case, Path, Unavailable, capturing, case_m
 OP = "router_gemm"
 DTYPE = "fp32"
 PRIMARY = "logits"
+OUTPUTS = {"logits": "float32"}
 TOLERANCE = (1e-5, 1e-5)
 EXPERTS, HIDDEN = 256, 4096
 TINY_MAX_M = 16  # what tiny_router_gemm_max_tokens gives on SM120 for this shape (asserted by the test)

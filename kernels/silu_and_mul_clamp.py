@@ -47,6 +47,7 @@ OP = "silu_and_mul_clamp"
 DTYPE = "bf16"
 CEILINGS = {"calc_diff": 2e-5}
 PRIMARY = "y"
+OUTPUTS = {"y": "bfloat16"}
 TOLERANCE = (1e-2, 1e-2)
 LIMIT = 10.0
 INTER = 2048  # moe_intermediate_size (srt/configs/deepseek_v4.py) x n_shared_experts (1)

@@ -45,6 +45,7 @@ OP = "topk_transform"
 # the scores are fp32 and the selection must be exact; no floating output is compared
 DTYPE = "fp32"
 PRIMARY = None
+OUTPUTS = {"page_indices": "int32"}
 TOLERANCE = (0.0, 0.0)
 TOPK, PAGE = 512, 64
 PAGE_BITS = PAGE.bit_length() - 1
@@ -315,4 +316,9 @@ PATHS = [
 # the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
 COVERS = {
     "sglang.kernels.ops.attention.dsv4.topk:topk_transform_paged": "width 512 only (topk_v1 takes up to 1024)",
+}
+
+UNJUDGED = {
+    "recall": "with ties at the k-th score, which of the equal scores is chosen is the kernel's business: "
+    "tie_recall and score_mass_recall are judged instead",
 }

@@ -50,6 +50,7 @@ OP = "wo_a"
 # one bf16 rounding of the output: bf16's ceilings apply.
 DTYPE = "bf16"
 PRIMARY = "y"
+OUTPUTS = {"y": "bfloat16"}
 TOLERANCE = (1e-2, 1e-2)
 HEAD_DIM = 512
 HEADS_PER_GROUP = 8  # 64 heads / 8 groups

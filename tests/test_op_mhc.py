@@ -234,7 +234,7 @@ def test_combine_oracle_is_the_definition(combine):
     assert torch.equal(y, torch.full((1, 8), 0.5 + 0.5 + 0.375 + 4.0, dtype=torch.float64))
 
 
-COMBINE_FAULTS = ["pre_stride_zero", "stream_dropped", "hidden_major_flatten"]
+COMBINE_FAULTS = ["pre_stride_zero", "stream_dropped", "hidden_major_flatten", "fp32_output"]
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +255,13 @@ def test_combine_fault_is_flagged(combine_planted, fault):
     r, flagged, _, _ = combine_planted
     assert f"planted.{fault}" in flagged, f"{fault} passed every ceiling"
     assert r.returncode == 1
+
+
+def test_combine_output_in_fp32_is_caught_by_the_contract_not_by_drift(combine_planted):
+    _, flagged, values, _ = combine_planted
+    assert flagged["planted.fp32_output"] == ["contract_violations"]
+    for case in ("tiny_t3_fp32", "tiny_t2_h1000_tail"):  # closer to fp64 than the bf16 kernel
+        assert values[("planted.fp32_output", case, "calc_diff")] < values[("sglang.triton", case, "calc_diff")]
 
 
 # ---------------------------------------------------------------------------------------------- fused boundary

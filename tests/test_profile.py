@@ -112,3 +112,11 @@ def test_the_pr_profile_runs_every_op_with_decode_cases_on_a_gpu():
     gpu = {s.op.name: len(s.cases) for s in select(profile, ops, has_gpu=True, only=None)}
     assert set(cpu) == set(gpu) == set(ops)
     assert all(gpu[op] > cpu[op] for op in ops), {op: (cpu[op], gpu[op]) for op in ops}
+
+
+def test_every_op_declares_the_outputs_production_takes():
+    """The output contract (dtype and shape of each output production reads, checked for every path) needs the
+    op file to say what production takes: OUTPUTS, covering the primary output where it is one SGLang returns."""
+    ops = discover(ROOT / "kernels")
+    missing = sorted(name for name, op in ops.items() if not hasattr(op.module, "OUTPUTS"))
+    assert not missing, f"op files without OUTPUTS: {missing}"

@@ -42,6 +42,8 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
     if df.empty:
         return "no measurements"
     over = set(zip(breaches["case"], breaches["impl"], breaches["reference"].fillna(""), breaches["metric"]))
+    known = breaches[breaches["allowed_by"].notna()] if "allowed_by" in breaches else breaches.iloc[0:0]
+    allowed = set(zip(known["case"], known["impl"], known["reference"].fillna(""), known["metric"]))
     outcome = df[df["metric"] == M.OUTCOME]
     goldens = sorted(set(df.loc[df["metric"] == M.RMSE_RATIO, "reference"].dropna()))
     timed = bool((df["metric"] == M.TIME_US).any())
@@ -56,7 +58,8 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
             hit = sub[(sub["metric"] == metric) & same_ref]
             if hit.empty:
                 return ""
-            flag = "!" if (o["case"], o["impl"], ref or "", metric) in over else ""
+            key = (o["case"], o["impl"], ref or "", metric)
+            flag = "~" if key in allowed else "!" if key in over else ""
             return M.fmt(float(hit["value"].iloc[0])) + flag
 
         status = o["status"] if len(o["status"]) <= 40 else o["status"][:37] + "..."
@@ -74,7 +77,7 @@ def summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
         )
     widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines)
-    return text + ("\n(! = over its ceiling)" if over else "")
+    return text + ("\n(! = over its ceiling; ~ = over it, a known finding: see below)" if over else "")
 
 
 def audit_summary(df: pd.DataFrame, breaches: pd.DataFrame) -> str:
@@ -295,4 +298,19 @@ def line_coverage_table(files: list[dict]) -> str:
         idle = sorted(set(f["kernels"]) - set(ran))
         if idle:
             out.append(f"  not run: {', '.join(idle)}")
+    return "\n".join(out)
+
+
+def known_findings(over: pd.DataFrame, broken: pd.DataFrame, expired: list[dict]) -> str:
+    """The known findings this run met (allowlisted: they do not fail it), one line per path and case,
+    and the entries whose date has passed (their rows fail it again)."""
+    rows = pd.concat([df[df["allowed_by"].notna()] for df in (broken, over) if "allowed_by" in df])
+    out = []
+    if len(rows):
+        groups = rows.groupby(["case", "impl", "allowed_by"], sort=True)["metric"]
+        out.append(f"{len(groups)} known finding(s), allowlisted (they run, and do not fail the run):")
+        for (case, impl, why), metrics in groups:
+            out.append(f"  {case}  {impl}  ({', '.join(sorted(set(metrics)))}): {why}")
+    for k in expired:
+        out.append(f"EXPIRED on {k['until']} (now failing): {k['case']}  {k['impl']}  {k['metric']}: {k['why']}")
     return "\n".join(out)

@@ -13,6 +13,7 @@ import pandas as pd
 from harness.content import content_dir
 from harness.pages import walltime
 from harness.pages.console import stored_coverage
+from harness.results import judge
 from harness.results import metrics as M
 from harness.results.metrics import ORACLE
 from harness.results.store import Run, atomic_write
@@ -157,6 +158,8 @@ def render_run(run: Run, breaches: pd.DataFrame, out: Path) -> Path:
             serving=_serving(run, df, over) if not df.empty else {},
             walltime=walltime.rows(df) if not df.empty else [],
             coverage=stored_coverage(df) if not df.empty else [],
+            # judged by the limits stored with the run (a run from before they were: nothing listed)
+            unjudged=judge.unjudged(run, run.manifest["limits"]) if "limits" in run.manifest else [],
             M=M,  # the template names metrics through the vocabulary, as the engine does
             parts=walltime.PARTS,
             part_names=walltime.HEAD,

@@ -216,7 +216,8 @@ def build(store: Path, out: Path, kernels_dir: Path | None = None) -> Path:
         page = out / "runs" / f"{r.run_id}.html"
         if not page.exists() or r.run_id == runs[-1].run_id:  # finished runs never change
             render_run(r, over, page)
-        rows.append({"run": r.manifest, "label": _label(r), "over": len(over), "failed": len(judge.broken(r)),
+        rows.append({"run": r.manifest, "label": _label(r), "over": len(judge.failing(over)),
+                     "failed": len(judge.failing(judge.broken(r))),
                      **_coverage(r)})  # fmt: skip
     # a bisect's steps are runs of commits out of order: their page is the bisect's, not the history
     history = [r for r in runs if "bisect" not in r.manifest]

@@ -3,14 +3,16 @@ name, because `kernels` is also the import name of a package SGLang depends on."
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.util
 import sys
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from types import ModuleType
 
-from harness.parity.contract import Case
+from harness.parity.contract import DTYPE_NAMES, Case, Known
 from harness.parity.contract import Path as OpPath
 from harness.results.ceilings import CALC_DIFF, default_ceilings
 from harness.results.metrics import ORACLE
@@ -60,6 +62,11 @@ class Op:
     @property
     def impls(self) -> dict[str, OpPath]:
         return {n: p for n, p in self.paths.items() if not p.golden}
+
+    @property
+    def known(self) -> list[dict[str, str]]:
+        """Its known findings, as a run stores them (contract.Known.resolved)."""
+        return [k.resolved(self.name) for k in getattr(self.module, "KNOWN", [])]
 
     def cases(self) -> dict[str, Case]:
         return {c.name: c for c in self.module.cases()}
@@ -121,7 +128,35 @@ def load_op_file(file: Path) -> Op:
     case_names = [c.name for c in module.cases()]
     if len(set(case_names)) != len(case_names):
         raise CatalogueError(f"{file}: cases(): duplicate case names")
+    _check_known(file, getattr(module, "KNOWN", []), names, case_names)
+    outputs = getattr(module, "OUTPUTS", {})
+    if not isinstance(outputs, dict) or not all(v in DTYPE_NAMES for v in outputs.values()):
+        raise CatalogueError(
+            f"{file}: OUTPUTS must be a dict of output name -> torch dtype name, one of {', '.join(DTYPE_NAMES)}"
+        )
+    unjudged = getattr(module, "UNJUDGED", {})
+    if not isinstance(unjudged, dict) or not all(isinstance(v, str) and v.strip() for v in unjudged.values()):
+        raise CatalogueError(f"{file}: UNJUDGED must be a dict of metric -> why no limit applies")
     return Op(name=module.OP, file=file, module=module)
+
+
+def _check_known(file: Path, known: object, paths: list[str], cases: list[str]) -> None:
+    """An entry names a path of the op, a case pattern some case matches, and a date: a stale entry (its
+    case or path gone) is an error, not an allowance for whatever comes next under that name."""
+    if not isinstance(known, list) or not all(isinstance(k, Known) for k in known):
+        raise CatalogueError(f"{file}: KNOWN must be a list of op.Known(path, case, metric, until, why)")
+    for i, k in enumerate(known):
+        where = f"{file}: KNOWN[{i}]"
+        if k.path not in paths:
+            raise CatalogueError(f"{where}.path: {k.path!r} is not one of PATHS ({', '.join(paths)})")
+        if not any(fnmatch.fnmatchcase(c, k.case) for c in cases):
+            raise CatalogueError(f"{where}.case: {k.case!r} matches no case of the op")
+        try:
+            date.fromisoformat(k.until)
+        except (TypeError, ValueError) as exc:
+            raise CatalogueError(f"{where}.until: expected an ISO date (YYYY-MM-DD), got {k.until!r}") from exc
+        if not k.why.strip():
+            raise CatalogueError(f"{where}.why: say what is wrong and where it is tracked")
 
 
 def discover(kernels_dir: Path) -> dict[str, Op]:

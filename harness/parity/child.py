@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from harness.parity.catalogue import load_op_file
 from harness.parity.inputs import load_or_build, to_device
@@ -103,6 +103,10 @@ def _child(job_file: str) -> int:
         try:
             inputs, dig, hit = load_or_build(op.module, op.name, cases[name], job.seed, inputs_dir)
             dev_inputs = to_device(inputs, job.device)
+            # pristine inputs for the repeated launches, made before the first call (a path may write
+            # into its inputs: a cache, an in-place rotation)
+            repeat = not path.golden and not os.environ.get(triton_capture.ENV)
+            spare = [_clone(dev_inputs) for _ in range(REPEATS[job.device] - 1)] if repeat else []
             _sync(job.device)
             t1 = time.perf_counter()
             wall.update(inputs_s=t1 - t0, input_cache="hit" if hit else "built")
@@ -111,7 +115,9 @@ def _child(job_file: str) -> int:
             t2 = time.perf_counter()
             seconds = t2 - t0
             wall["call_s"] = t2 - t1
-            out = {k: v.detach().cpu().clone() for k, v in outputs.items()}  # clone: no shared storage
+            # clone: no shared storage; contiguous: what is stored (a path may return a permuted view)
+            out = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in outputs.items()}
+            contract = {k: {"device": v.device.type, "strides": list(v.stride())} for k, v in outputs.items()}
             target = output_file(job.outdir, name, job.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(".tmp")
@@ -131,6 +137,9 @@ def _child(job_file: str) -> int:
                 detail = _time(path, dev_inputs, cases[name], job.timing, job.device)
                 wall["timing_s"] = time.perf_counter() - t3
             detail["wall"] = wall
+            detail["outputs"] = contract
+            if spare:
+                detail["repeats"] = _repeat(path, spare, cases[name], target, job.device)
             if SGL_KERNEL_CALLS:  # SGLang caught the stand-in's error and went on: say so beside the figure
                 detail["sgl_kernel_absent_calls"] = sorted(set(SGL_KERNEL_CALLS))
             emit(event="result", case=name, status="ok", seconds=seconds, digest=dig, detail=detail)
@@ -164,6 +173,45 @@ def _child(job_file: str) -> int:
         if i == 0 and job.modules_file:
             _report_modules(job.modules_file, imported, emit)
     return 0
+
+
+# launches of each path and case, back to back without a synchronization, compared bitwise: a race shows as
+# outputs that differ between launches (on the CPU the interpreter runs one program at a time: a path
+# that differs there draws on something it should not)
+REPEATS = {"cuda": 3, "cpu": 2}
+
+
+def _clone(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in tensors.items()}
+
+
+def _differing(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Elements whose bytes differ (NaN payloads included); all of them where shape or dtype differ."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return max(a.numel(), b.numel())
+    if a.numel() == 0:
+        return 0
+    x = a.contiguous().view(torch.uint8).reshape(a.numel(), -1)
+    y = b.contiguous().view(torch.uint8).reshape(b.numel(), -1)
+    return int((x != y).any(1).sum())
+
+
+def _repeat(path, spare: list[dict], case, stored: Path, device: str) -> dict:
+    """The path launched once per spare copy of its inputs, all before one synchronization, each
+    launch's outputs kept alive and compared bitwise with the first launch's (as stored)."""
+    try:
+        again = [path.run(inputs, case) for inputs in spare]
+        _sync(device)
+    except Exception as exc:  # the figure is missing, and says why
+        return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]}
+    first = load_file(str(stored))
+    where: dict[str, int] = {}
+    for outputs in again:
+        for k, v in first.items():
+            got = outputs.get(k)
+            n = v.numel() if got is None else _differing(v, got.detach().cpu())
+            where[k] = max(where.get(k, 0), n)
+    return {"launches": 1 + len(again), "mismatched": sum(where.values()), "where": where}
 
 
 def _not_the_kernel(exc: BaseException) -> str | None:

@@ -19,6 +19,14 @@ and optionally
                                 "higher" (a recall) the number is a floor
     COVERS: dict[str, str]      the SGLang functions its paths run, `module:qualname` -> what its cases leave
                                 out ("" for nothing); read against kernels/inventory/ (harness/parity/coverage.py)
+    OUTPUTS: dict[str, str]     each output production reads, and the dtype it takes it in ("bfloat16"): every
+                                path's outputs are held to it (and to the oracle's shapes): `contract_violations`
+    UNJUDGED: dict[str, str]    a figure `metrics()` reports that no limit judges, and why (the run page lists
+                                every unjudged figure; one not named here fails the catalogue's test)
+    KNOWN: list[Known]          known findings its cases expose in SGLang (a path that fails, a figure past its
+                                limit on some cases), each until a date: the case keeps running everywhere,
+                                the finding is shown as allowlisted and does not fail the run or the gate
+                                until the date has passed
 """
 
 from __future__ import annotations
@@ -29,7 +37,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Case", "Path", "Tensors"]
+__all__ = ["DTYPE_NAMES", "Case", "Known", "Path", "Tensors"]
+
+# torch dtype names an output can be declared in (OUTPUTS)
+DTYPE_NAMES = (
+    "float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu",
+    "int64", "int32", "int16", "int8", "uint8", "bool",
+)  # fmt: skip
 
 # Tensors are typed loosely: the engine itself never needs torch at import time.
 Tensors = Mapping[str, Any]
@@ -77,3 +91,21 @@ class Path:
         if self.archs is not None and tuple(capability) not in self.archs:
             return f"runs on {want}, this GPU is sm_{capability[0]}{capability[1]}"
         return None
+
+
+@dataclass(frozen=True)
+class Known:
+    """A known finding: `path` (a name of PATHS), `case` and `metric` (fnmatch patterns over the op's case
+    names and the metrics; `outcome` is the path's status), allowed until `until` (ISO date, inclusive)
+    because of `why` (the upstream issue, what is wrong)."""
+
+    path: str
+    case: str
+    metric: str
+    until: str
+    why: str
+
+    def resolved(self, op: str) -> dict[str, str]:
+        """As a run stores it and the judge and the gate read it: the case pattern with the op's prefix."""
+        return {"case": f"{op}/{self.case}", "impl": self.path, "metric": self.metric, "until": self.until,
+                "why": self.why}  # fmt: skip

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from harness.parity import drift, goldens
 from harness.parity.catalogue import Selection
 from harness.parity.contract import Case
+from harness.parity.guard import STRAY
 from harness.parity.inputs import cached_inputs
 from harness.parity.roofline import Timing, peaks, roofline
 from harness.results import metrics as M
@@ -351,6 +352,38 @@ class _OpRun:
             self.masks[case.name] = self.op.valid_region(inputs, case)
         return self.masks[case.name]
 
+    def _engine_checks(self, case: Case, name: str, result: Result, outs: dict, ref: dict) -> list[dict]:
+        """What every path of every op is held to: its outputs as the op's OUTPUTS declares production
+        takes them (dtype, and the oracle's shape; the device the path ran on), and the same bits from each
+        of the launches the worker made back to back (harness/parity/child.py)."""
+        rows = []
+        declared = getattr(self.op.module, "OUTPUTS", None)
+        if declared is not None and not self.op.paths[name].golden:
+            devices = result.detail.get("outputs", {})
+            bad = []
+            for out_name, dtype in declared.items():
+                got = outs.get(out_name)
+                if got is None:
+                    bad.append(f"{out_name}: missing")
+                    continue
+                if str(got.dtype).removeprefix("torch.") != dtype:
+                    bad.append(f"{out_name}: dtype {str(got.dtype).removeprefix('torch.')}, production takes {dtype}")
+                if out_name in ref and tuple(got.shape) != tuple(ref[out_name].shape):
+                    bad.append(f"{out_name}: shape {list(got.shape)}, the oracle's {list(ref[out_name].shape)}")
+                device = devices.get(out_name, {}).get("device")
+                ran_on = "cpu" if self.s.capability is None else "cuda"
+                if device is not None and device != ran_on:
+                    bad.append(f"{out_name}: on {device}, the path ran on {ran_on}")
+            detail = {"violations": bad}
+            rows.append(self._row(case, name, M.CONTRACT_VIOLATIONS, len(bad), unit="count", detail=detail))
+        if STRAY in outs:  # a path that wrote into guarded buffers (harness/parity/guard.py)
+            stray = int(outs[STRAY].sum())
+            rows.append(self._row(case, name, M.STRAY_WRITES, stray, unit="count"))
+        repeats = result.detail.get("repeats")
+        if repeats and "mismatched" in repeats:
+            rows.append(self._row(case, name, M.NONDETERMINISTIC, repeats["mismatched"], unit="count", detail=repeats))
+        return rows
+
     def _measure(self, case: Case, name: str, result: Result) -> list[dict]:
         path = self.op.paths[name]
         if name == ORACLE:
@@ -387,7 +420,8 @@ class _OpRun:
             result.detail["error"] = f"output does not match the oracle's: {type(exc).__name__}: {exc}"
             return []
         oracle_source = {"reference_source": self.source.get((case.name, ORACLE), "live")}
-        rows = [
+        rows = self._engine_checks(case, name, result, outs, ref)
+        rows += [
             self._row(
                 case,
                 name,

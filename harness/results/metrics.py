@@ -64,6 +64,9 @@ GSM8K_ACC = "gsm8k_acc"
 CALC_DIFF, WORST_ROW_CALC_DIFF, COSINE = "calc_diff", "worst_row_calc_diff", "cosine"
 MAX_ABS, MAX_REL, FRAC_OUTSIDE_TOL = "max_abs", "max_rel", "frac_outside_tol"
 NONFINITE_MISMATCH, RMSE, RMSE_RATIO = "nonfinite_mismatch", "rmse", "rmse_ratio"
+# every path, every op: outputs unlike the op's OUTPUTS (dtype, shape); elements that differ between launches
+CONTRACT_VIOLATIONS, NONDETERMINISTIC = "contract_violations", "nondeterministic"
+STRAY_WRITES = "stray_writes"  # sentinel elements a path's call changed around its guarded buffers
 SHARED_BYTES, REGISTERS, SPILL_BYTES = "shared_bytes", "registers", "spill_bytes"
 FORBIDDEN_INSTRUCTIONS, KERNELS = "forbidden_instructions", "kernels"
 DYNAMIC_SHARED_BYTES, CLUSTER_LAUNCHES = "dynamic_shared_bytes", "cluster_launches"
@@ -87,6 +90,9 @@ def latency(what: str, stat: str) -> str:
     """A latency metric's name: latency("ttft", "median") is time to first token's median, in ms."""
     return f"{LATENCIES[what]}_{stat}"
 
+
+# drift figures shown beside calc_diff and judged through it (and worst_row_calc_diff): no limit of their own
+DESCRIPTIVE = frozenset({"max_abs", "cosine", "max_rel", "frac_outside_tol", "rmse", "rmse_ratio"})
 
 # the standard drift against a reference (harness/parity/drift.py), the columns of the summary and the page
 STANDARD_DRIFT = (CALC_DIFF, WORST_ROW_CALC_DIFF, MAX_ABS, FRAC_OUTSIDE_TOL, COSINE, MAX_REL, NONFINITE_MISMATCH, RMSE)
@@ -118,6 +124,9 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo(RMSE, "", "lower", **_DRIFT),
         MetricInfo(RMSE_RATIO, "x", "lower", **_DRIFT),
         MetricInfo(NONFINITE_MISMATCH, "count", "lower", **_COUNT),
+        MetricInfo(CONTRACT_VIOLATIONS, "count", "lower", **_COUNT),
+        MetricInfo(NONDETERMINISTIC, "count", "lower", **_COUNT),
+        MetricInfo(STRAY_WRITES, "count", "lower", **_COUNT),
         MetricInfo(SHARED_BYTES, "B", "lower", **_COUNT),
         MetricInfo(REGISTERS, "count", "lower", **_COUNT),
         MetricInfo(SPILL_BYTES, "B", "lower", **_COUNT),

@@ -1,7 +1,10 @@
 """SGLang's Triton mhc_combine kernel launched with the bugs its launch or its caller can really have: the
 stride between pre's 4 weights wrong (0: every stream weighted by pre[m, 0]), one stream left out of
-the sum, and the residual flattened hidden-major ([T, H, 4]) where the kernel reads it stream-major."""
+the sum, and the residual flattened hidden-major ([T, H, 4]) where the kernel reads it stream-major; and a
+copy of SGLang's own mhc_combine whose output is allocated fp32 rather than in out_dtype (closer to fp64:
+only the output contract catches it)."""
 
+import inspect
 from pathlib import Path as _P
 
 import torch
@@ -11,7 +14,7 @@ from harness.parity.op import Path, import_module, load_module
 
 _real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "mhc_combine.py")
 OP = "planted_mhc_combine"
-DTYPE, PRIMARY, TOLERANCE = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE
+DTYPE, PRIMARY, TOLERANCE, OUTPUTS = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE, _real.OUTPUTS
 make_inputs = _real.make_inputs
 HC = _real.HC
 
@@ -45,7 +48,20 @@ def hidden_major_flatten(t, case):
     return _real.sglang_triton({**t, "x_flat": x.contiguous()}, case)
 
 
+def fp32_output(t, case):
+    """mhc_combine from a copy of its source with one edit: `dtype=out_dtype` -> `dtype=torch.float32`."""
+    mhc = import_module("sglang.kernels.ops.layernorm.mhc")
+    src = inspect.getsource(mhc.mhc_combine)
+    old = "dtype=out_dtype"
+    if src.count(old) != 1:
+        raise AssertionError(f"mhc_combine: {old!r} occurs {src.count(old)} times")
+    ns = dict(vars(mhc))
+    exec(src.replace(old, "dtype=torch.float32"), ns)  # noqa: S102 (SGLang's own source, one edit)
+    return {"y": ns["mhc_combine"](t["x_flat"], t["pre"], HC, torch.bfloat16)}
+
+
 PATHS = list(_real.PATHS) + [
+    Path("planted.fp32_output", fp32_output),
     Path("planted.pre_stride_zero", lambda t, c: _launch(t["x_flat"], t["pre"], pre_stride_k=0)),
     Path("planted.stream_dropped", lambda t, c: _launch(t["x_flat"], t["pre"], hc=HC - 1)),
     Path("planted.hidden_major_flatten", hidden_major_flatten),
