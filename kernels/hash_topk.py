@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Known, Metric, Path, case_maker, import_module, load_by_path
+from harness.parity.op import ORACLE, Case, Known, Metric, Path, case_maker, ids_mismatch, import_module, load_by_path
 
 OP = "hash_topk"
 DTYPE = "fp32"
@@ -148,26 +148,7 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
     """`ids_mismatch`: slots whose expert id differs (routed or shared), ceiling 0. `underflow_rows_bad`
     (tails cases): rows fp32 cannot score whose routed weights are not finite or not within 1e-6 of
     the exact ~0, ceiling 0."""
-    ids, want = outputs["topk_ids"].to("cpu").long(), oracle_out["topk_ids"].to("cpu").long()
-    if ids.shape != want.shape:
-        raise ValueError(f"topk_ids shape {tuple(ids.shape)} is not the oracle's {tuple(want.shape)}")
-    wrong = ids != want
-    first = wrong.nonzero()[0].tolist() if bool(wrong.any()) else None
-    out = [
-        Metric(
-            "ids_mismatch",
-            float(wrong.sum()),
-            unit="count",
-            detail={
-                "rows": int(wrong.any(1).sum()),
-                "routed": int(wrong[:, :TOPK].sum()),
-                "shared": int(wrong[:, TOPK:].sum()),
-                "first": first,
-                "got": int(ids[tuple(first)]) if first else None,
-                "want": int(want[tuple(first)]) if first else None,
-            },
-        )
-    ]
+    out = [ids_mismatch(outputs["topk_ids"], oracle_out["topk_ids"], routed=TOPK)]
     rows = _underflow_rows(inputs)
     if bool(rows.any()):
         got = outputs["topk_weights"].to("cpu", torch.float64)[rows, :TOPK]

@@ -104,19 +104,26 @@ def cases() -> list[Case]:
     return out
 
 
-def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    p = case.params
-    T = p["T"]
+def post_inputs(T: int, gen: torch.Generator, edge_rows: bool) -> tuple[torch.Tensor, ...]:
+    """What an mHC post reads: x [T, 4096] bf16, the residual [T, 4, 4096] bf16 (a zero last row with
+    `edge_rows`: a padding token), and the previous boundary's post [T, 4] and comb [T, 4, 4] (float64), as
+    the split makes them (kernels/mhc_post.py draws the same)."""
     residual = _pre_norm.residual_streams(T, gen, edge_rows=False)
     token = torch.pow(2.0, torch.rand(T, 1, generator=gen) * 2 - 1)
     x = (0.5 * torch.randn(T, HIDDEN, generator=gen) * token).to(torch.bfloat16)
-    if p["edge_rows"] and T >= 2:
+    if edge_rows and T >= 2:
         residual[-1] = 0
         x[-1] = 0
-    # the previous boundary's post and comb, as the split makes them
     prev_scale, prev_base = _sinkhorn.hc_params("typical", gen)
     prev_mixes = torch.randn(T, MIX, generator=gen) * _sinkhorn.MIXES_STD
     _, post, comb = _sinkhorn.split_sinkhorn_f64(prev_mixes, prev_scale, prev_base)
+    return x, residual, post, comb
+
+
+def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    p = case.params
+    T = p["T"]
+    x, residual, post, comb = post_inputs(T, gen, p["edge_rows"])
     scale, base = _sinkhorn.hc_params(p["regime"], gen)
     return {
         "x": x.contiguous(),

@@ -36,8 +36,7 @@ import torch
 
 from harness.parity.op import ORACLE, Case, Path, case_maker, import_module, require, sibling
 
-_sinkhorn = sibling(__file__, "mhc_sinkhorn")
-_pre_norm = sibling(__file__, "mhc_pre_norm")
+_fused = sibling(__file__, "mhc_fused_post_pre")  # its post inputs: the same draws
 
 OP = "mhc_post"
 # five fp32 products per element and one bf16 rounding of the output: bf16's ceilings apply.
@@ -45,7 +44,7 @@ DTYPE = "bf16"
 PRIMARY = "residual"
 OUTPUTS = {"residual": "bfloat16"}
 TOLERANCE = (1e-2, 1e-2)
-HC, HIDDEN, MIX = 4, 4096, 24
+HC, HIDDEN = 4, 4096
 
 
 _case = case_maker(scale=1.0, edge_rows=True)
@@ -66,18 +65,9 @@ def cases() -> list[Case]:
 def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
     p = case.params
     T, scale = p["T"], p["scale"]
-    residual = _pre_norm.residual_streams(T, gen, edge_rows=False)
-    token = torch.pow(2.0, torch.rand(T, 1, generator=gen) * 2 - 1)
-    x = (0.5 * torch.randn(T, HIDDEN, generator=gen) * token).to(torch.bfloat16)
-    if scale != 1.0:  # a power of two: the bf16 values scale exactly
+    x, residual, post, comb = _fused.post_inputs(T, gen, p["edge_rows"])
+    if scale != 1.0:  # a power of two: the bf16 values scale exactly (the zero padding row stays zero)
         residual, x = residual * scale, x * scale
-    if p["edge_rows"] and T >= 2:
-        residual[-1] = 0
-        x[-1] = 0
-    # hc_pre's post and comb, as the split makes them from the mixes
-    hc_scale, hc_base = _sinkhorn.hc_params("typical", gen)
-    mixes = torch.randn(T, MIX, generator=gen) * _sinkhorn.MIXES_STD
-    _, post, comb = _sinkhorn.split_sinkhorn_f64(mixes, hc_scale, hc_base)
     return {
         "x": x.contiguous(),
         "residual": residual.contiguous(),

@@ -56,7 +56,18 @@ import inspect
 
 import torch
 
-from harness.parity.op import ORACLE, SM120, Case, Known, Metric, Path, Unavailable, case_maker, import_module
+from harness.parity.op import (
+    ORACLE,
+    SM120,
+    Case,
+    Known,
+    Metric,
+    Path,
+    Unavailable,
+    case_maker,
+    ids_mismatch,
+    import_module,
+)
 
 OP = "moe_fused_gate"
 DTYPE = "fp32"
@@ -242,26 +253,7 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
     the lowest id; shared and padded slots by value), ceiling 0. `underflow_rows_bad` (where such rows
     exist): rows fp32 cannot weigh whose routed weights are not finite or not in [0, rsf], ceiling 0."""
     K = case.params["K"]
-    ids, want = outputs["topk_ids"].to("cpu").long(), oracle_out["topk_ids"].to("cpu").long()
-    if ids.shape != want.shape:
-        raise ValueError(f"topk_ids shape {tuple(ids.shape)} is not the oracle's {tuple(want.shape)}")
-    wrong = ids != want
-    first = wrong.nonzero()[0].tolist() if bool(wrong.any()) else None
-    out = [
-        Metric(
-            "ids_mismatch",
-            float(wrong.sum()),
-            unit="count",
-            detail={
-                "rows": int(wrong.any(1).sum()),
-                "routed": int(wrong[:, :K].sum()),
-                "shared": int(wrong[:, K:].sum()),
-                "first": first,
-                "got": int(ids[tuple(first)]) if first else None,
-                "want": int(want[tuple(first)]) if first else None,
-            },
-        )
-    ]
+    out = [ids_mismatch(outputs["topk_ids"], oracle_out["topk_ids"], routed=K)]
     rows = _unscorable_rows({k: v.to("cpu") for k, v in inputs.items()}, case)
     if bool(rows.any()):
         got = outputs["topk_weights"].to("cpu", torch.float64)[rows, :K]

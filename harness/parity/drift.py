@@ -95,6 +95,25 @@ def worst_row_calc_diff(
     return _argmax_where(rows, sel.any(-1))
 
 
+def ids_mismatch(ids: torch.Tensor, want: torch.Tensor, routed: int) -> Metric:
+    """`ids_mismatch`: slots of a top-k whose expert id differs from the oracle's (the first `routed`
+    columns routed, the rest shared slots), with the first wrong slot, for an op's metrics()."""
+    ids, want = ids.to("cpu").long(), want.to("cpu").long()
+    if ids.shape != want.shape:
+        raise ValueError(f"topk_ids shape {tuple(ids.shape)} is not the oracle's {tuple(want.shape)}")
+    wrong = ids != want
+    first = wrong.nonzero()[0].tolist() if bool(wrong.any()) else None
+    detail = {
+        "rows": int(wrong.any(1).sum()),
+        "routed": int(wrong[:, :routed].sum()),
+        "shared": int(wrong[:, routed:].sum()),
+        "first": first,
+        "got": int(ids[tuple(first)]) if first else None,
+        "want": int(want[tuple(first)]) if first else None,
+    }
+    return Metric("ids_mismatch", float(wrong.sum()), unit="count", detail=detail)
+
+
 def _argmax_where(err: torch.Tensor, sel: torch.Tensor) -> tuple[float, list[int] | None]:
     err = torch.where(sel, err, torch.full_like(err, -1.0))
     flat = int(err.argmax()) if err.numel() else 0

@@ -34,6 +34,13 @@ class Allow:
     until: str  # ISO date; the entry stops counting the day after
     why: str
 
+    def covers(self, case: str, impl: str, metric: str) -> bool:
+        pairs = ((case, self.case), (impl, self.impl), (metric, self.metric))
+        return all(fnmatch.fnmatchcase(str(value), pattern) for value, pattern in pairs)
+
+    def live(self, today: date) -> bool:
+        return today <= date.fromisoformat(self.until)
+
 
 @dataclass
 class GateConfig:
@@ -90,12 +97,7 @@ class Finding:
 
 def _allowed(f: Finding, cfg: GateConfig, today: date) -> str | None:
     for a in cfg.allow:
-        if (
-            fnmatch.fnmatchcase(f.case, a.case)
-            and fnmatch.fnmatchcase(f.impl, a.impl)
-            and fnmatch.fnmatchcase(f.metric, a.metric)
-            and today <= date.fromisoformat(a.until)
-        ):
+        if a.live(today) and a.covers(f.case, f.impl, f.metric):
             return f"allowed until {a.until}: {a.why}"
     return None
 

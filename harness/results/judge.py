@@ -9,7 +9,6 @@ case, impl and metric patterns, until a date) covers it and its date has not pas
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from datetime import date
 
@@ -17,6 +16,7 @@ import pandas as pd
 
 from harness.results import ceilings
 from harness.results import metrics as M
+from harness.results.gate import Allow
 from harness.results.store import FAILURES, Run
 
 Limits = dict[str, dict[str, float]]
@@ -26,13 +26,11 @@ def allowed(rows: pd.DataFrame, known: list[dict], today: date | None = None) ->
     """Per row, why a known finding allows it ("allowlisted until <date>: <why>"), else None. An entry
     whose date has passed allows nothing: the finding fails again, and `expired` names it."""
     today = today or date.today()
-    live = [k for k in known if today <= date.fromisoformat(k["until"])]
+    live = [a for a in map(_entry, known) if a.live(today)]
 
     def why(r) -> str | None:
-        for k in live:
-            if all(fnmatch.fnmatchcase(str(r[f]), k[f]) for f in ("case", "impl", "metric")):
-                return f"allowlisted until {k['until']}: {k['why']}"
-        return None
+        a = next((a for a in live if a.covers(r["case"], r["impl"], r["metric"])), None)
+        return f"allowlisted until {a.until}: {a.why}" if a else None
 
     return pd.Series([why(r) for _, r in rows.iterrows()], index=rows.index, dtype=object)
 
@@ -40,13 +38,17 @@ def allowed(rows: pd.DataFrame, known: list[dict], today: date | None = None) ->
 def expired(rows: pd.DataFrame, known: list[dict], today: date | None = None) -> list[dict]:
     """The known findings whose date has passed and that still match a row: to fix, or to extend."""
     today = today or date.today()
-    out = []
-    for k in known:
-        if today > date.fromisoformat(k["until"]) and any(
-            all(fnmatch.fnmatchcase(str(r[f]), k[f]) for f in ("case", "impl", "metric")) for _, r in rows.iterrows()
-        ):
-            out.append(k)
-    return out
+    return [
+        k
+        for k in known
+        if not _entry(k).live(today)
+        and any(_entry(k).covers(r["case"], r["impl"], r["metric"]) for _, r in rows.iterrows())
+    ]
+
+
+def _entry(k: dict) -> Allow:
+    """A stored known finding (contract.Known.resolved) as the gate's allow entry: one matching rule."""
+    return Allow(**k)
 
 
 def known(run: Run) -> list[dict]:

@@ -7,12 +7,14 @@ Where SGLang lives: `$SM120_HARNESS_SGLANG_SRC` (a folder that holds `sglang/`, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
 import re
 import sys
+import tempfile
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,12 +59,22 @@ def require_root() -> Path:
     return root
 
 
-def load_by_path(relpath: str) -> ModuleType:
-    """Load `sglang/<relpath>` as a standalone module (it must import only torch, triton and stdlib)."""
+def load_by_path(relpath: str, edit: tuple[str, str] | None = None) -> ModuleType:
+    """Load `sglang/<relpath>` as a standalone module (it must import only torch, triton, stdlib and what is
+    already importable). With `edit` = (old, new): a copy of the file with that one edit, under a name of its
+    own (a planted fault); `old` must occur exactly once, else ValueError (another SGLang version?)."""
     file = require_root() / "sglang" / relpath
     if not file.is_file():
         raise Absent(f"sglang/{relpath} not in SGLang {generated('__version__') or '(version unknown)'}")
     name = "_sm120_harness_sglang_" + relpath.replace("/", "_").removesuffix(".py")
+    if edit is not None:
+        old, new = edit
+        text = file.read_text(encoding="utf-8")
+        if text.count(old) != 1:
+            raise ValueError(f"{file}: {old!r} occurs {text.count(old)} times, not once")
+        name += "_edited_" + hashlib.sha1(f"{old}\0{new}".encode()).hexdigest()[:10]
+        file = Path(tempfile.mkdtemp(prefix="sm120-harness-edited-")) / file.name
+        file.write_text(text.replace(old, new), encoding="utf-8")
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, file)

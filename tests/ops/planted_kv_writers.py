@@ -6,11 +6,9 @@ has. Each writes bytes its own reading of the layout would accept; SGLang's read
   - exponent_floor: the UE8M0 exponent rounded down rather than up: values past 448 are clamped;
   - rope_offset_off_by_one: the bf16 rope written one bf16 element late (into the next token's bytes)."""
 
-import importlib.util
-import tempfile
 from pathlib import Path as _P
 
-from harness.parity.op import Path, load_module, require_root
+from harness.parity.op import Path, load_by_path, load_module
 
 _real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "k_norm_rope_flashmla.py")
 OP = "planted_kv_writers"
@@ -30,17 +28,8 @@ def cases():
 
 
 def edited_reference(fault: str):
-    """A copy of SGLang's reference module with the one-line edit `fault`, imported from a temporary file."""
-    old, new = EDITS[fault]
-    src = (require_root() / "sglang" / REFERENCE).read_text()
-    if src.count(old) != 1:
-        raise AssertionError(f"{fault}: {old!r} occurs {src.count(old)} times in {REFERENCE}")
-    path = _P(tempfile.mkdtemp(prefix="planted_kv_writers_")) / f"k_cache_reference_{fault}.py"
-    path.write_text(src.replace(old, new))
-    spec = importlib.util.spec_from_file_location(f"planted_k_cache_reference_{fault}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """A copy of SGLang's reference module with the one-line edit `fault`."""
+    return load_by_path(REFERENCE, edit=EDITS[fault])
 
 
 def _planted(fault: str):

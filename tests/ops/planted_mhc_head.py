@@ -5,12 +5,9 @@ the rsqrt's norm_eps dropped (the zero padding row then divides 0 by 0). The cle
 from __future__ import annotations
 
 import functools
-import importlib.util
-import sys
-import tempfile
 from pathlib import Path as _P
 
-from harness.parity.op import Path, load_module, require_root
+from harness.parity.op import Path, load_by_path, load_module
 
 _real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "mhc_head.py")
 OP = "planted_mhc_head"
@@ -31,18 +28,8 @@ def cases():
 
 @functools.cache
 def patched(tag: str):
-    """mhc_head.py with EDITS[tag] for its rsqrt line, written to a file (Triton reads a kernel's
-    source from its file) and imported under a name of its own."""
-    text = (require_root() / "sglang" / "kernels" / "ops" / "layernorm" / "mhc_head.py").read_text()
-    assert text.count(SHIPPED) == 1, "mhc_head.py no longer computes its rsqrt this way"
-    file = _P(tempfile.mkdtemp(prefix="sm120-harness-planted-")) / f"mhc_head_{tag}.py"
-    file.write_text(text.replace(SHIPPED, EDITS[tag]))
-    name = f"_sm120_harness_planted_mhc_head_{tag}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """mhc_head.py with EDITS[tag] for its rsqrt line (a copy: Triton reads a kernel's source from its file)."""
+    return load_by_path("kernels/ops/layernorm/mhc_head.py", edit=(SHIPPED, EDITS[tag]))
 
 
 PATHS = list(_real.PATHS) + [

@@ -4,12 +4,9 @@ padding test off by one (`<=` for `<`), the fused shared slot's weight given the
 Each must be flagged; the clean kernel must not be. The ties case shows SGLang's torch reference breaking
 exact ties otherwise than its kernels' lowest-id rule."""
 
-import importlib.util
-import sys
-import tempfile
 from pathlib import Path as _P
 
-from harness.parity.op import Path, load_module, require_root
+from harness.parity.op import Path, load_by_path, load_module
 
 _real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "moe_fused_gate.py")
 OP = "planted_moe_fused_gate"
@@ -35,22 +32,9 @@ def cases():
 
 
 def edited(name: str):
-    """SGLang's moe_fused_gate.py with the one line EDITS[name] changes, written to a file (Triton reads
-    a kernel's source from its file) and imported."""
-    mod_name = f"_planted_moe_fused_gate_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    old, new = EDITS[name]
-    text = (require_root() / "sglang" / SOURCE).read_text()
-    if text.count(old) != 1:
-        raise RuntimeError(f"{SOURCE}: {old!r} occurs {text.count(old)} times, not once")
-    file = _P(tempfile.mkdtemp(prefix="planted_moe_fused_gate_")) / f"{mod_name}.py"
-    file.write_text(text.replace(old, new))
-    spec = importlib.util.spec_from_file_location(mod_name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    return module
+    """SGLang's moe_fused_gate.py with the one line EDITS[name] changes (a copy: Triton reads a kernel's
+    source from its file)."""
+    return load_by_path(SOURCE, edit=EDITS[name])
 
 
 def _planted(name: str):

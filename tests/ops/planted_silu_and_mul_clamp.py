@@ -7,12 +7,9 @@ gives silu(g) ~ 0), which moves no output by more than bf16's rounding: no drift
 from __future__ import annotations
 
 import functools
-import importlib.util
-import sys
-import tempfile
 from pathlib import Path as _P
 
-from harness.parity.op import Path, import_module, load_module, require_root
+from harness.parity.op import Path, import_module, load_by_path, load_module
 
 _real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "silu_and_mul_clamp.py")
 OP = "planted_silu_and_mul_clamp"
@@ -32,20 +29,9 @@ def cases():
 
 @functools.cache
 def patched(tag: str):
-    """silu_and_mul_clamp_hip.py with EDITS[tag], written to a file (Triton reads a kernel's source from
-    its file) and imported under a name of its own."""
-    old, new = EDITS[tag]
+    """silu_and_mul_clamp_hip.py with EDITS[tag] (a copy: Triton reads a kernel's source from its file)."""
     import_module("sglang.kernels.ops.activation.silu_and_mul_clamp_hip")  # sglang on sys.path, its imports loaded
-    text = (require_root() / "sglang" / "kernels" / "ops" / "activation" / "silu_and_mul_clamp_hip.py").read_text()
-    assert text.count(old) == 1, f"silu_and_mul_clamp_hip.py no longer holds {old!r}"
-    file = _P(tempfile.mkdtemp(prefix="sm120-harness-planted-")) / f"silu_and_mul_clamp_{tag}.py"
-    file.write_text(text.replace(old, new))
-    name = f"_sm120_harness_planted_silu_and_mul_clamp_{tag}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_by_path("kernels/ops/activation/silu_and_mul_clamp_hip.py", edit=EDITS[tag])
 
 
 PATHS = list(_real.PATHS) + [
