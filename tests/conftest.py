@@ -155,3 +155,13 @@ def run_op(tmp: Path, profile: str, op: str):
     store = tmp / "runs"
     r = cli(["run", "--suite", str(prof), "--store", str(store), "--kernels-dir", str(OPS), "--only", op])
     return r, load_run(next(store.iterdir()))
+
+
+def run_planted(tmp: Path, profile: str, op: str):
+    """Run the planted op `op` of tests/ops (run_op) and judge it by its op file's own ceilings: what the
+    command gave back, the run it stored, and the rows past those ceilings."""
+    from harness.parity.catalogue import load_op_file
+    from harness.results.ceilings import breaches
+
+    r, run = run_op(tmp, profile, op)
+    return r, run, breaches(run.measurements, {op: load_op_file(OPS / f"{op}.py").ceilings})

@@ -12,9 +12,8 @@ import math
 import pytest
 import torch
 
-from harness.parity.catalogue import load_module, load_op_file
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from harness.parity.catalogue import load_module
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 PROFILE = """
 name = "planted"
@@ -112,9 +111,8 @@ def test_adversarial_blocks_pool_as_stated(op):
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_kv_compress")
-    r, run = run_op(tmp, PROFILE, "planted_kv_compress")
+    r, run, over = run_planted(tmp, PROFILE, "planted_kv_compress")
     m = run.measurements
-    over = breaches(m, {"planted_kv_compress": load_op_file(OPS / "planted_kv_compress.py").ceilings})
     over = set(zip(over["impl"], over["case"].str.split("/").str[1]))
     outcome = m[m["metric"] == "outcome"]
     status = dict(zip(outcome["impl"], outcome["status"]))

@@ -8,9 +8,8 @@ planted in a copy of SGLang's CPU-runnable reference writer (test/kernels/deepse
 import pytest
 import torch
 
-from harness.parity.catalogue import load_module, load_op_file
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from harness.parity.catalogue import load_module
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 PROFILE = """
 name = "planted"
@@ -60,9 +59,9 @@ def test_oracle_encoding_matches_the_test_reference_where_both_are_defined(op):
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_kv_writers")
-    r, run = run_op(tmp, PROFILE, "planted_kv_writers")
+    r, run, over = run_planted(tmp, PROFILE, "planted_kv_writers")
     m = run.measurements
-    over = set(breaches(m, {"planted_kv_writers": load_op_file(OPS / "planted_kv_writers.py").ceilings})["impl"])
+    over = set(over["impl"])
     outcome = m[m["metric"] == "outcome"]
     status = dict(zip(outcome["impl"], outcome["status"]))
     m = m[(m["reference"] == "fp64") & (m["status"] == "ok")]

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from harness.parity.catalogue import load_op_file
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 KERNELS = ROOT / "kernels"
 
@@ -19,9 +18,8 @@ def planted_run(tmp: Path, op: str, cases: list[str]):
     """Run tests/ops/<op>.py on `cases`; (completed process, {impl: flagged metrics}, {(impl, case, metric): value})."""
     needs_sglang()
     listed = ", ".join(f'"{c}"' for c in cases)
-    r, run = run_op(tmp, f'name = "planted"\n[kernels]\ncases = [{listed}]\n[kernels.ops.{op}]\n', op)
+    r, run, over = run_planted(tmp, f'name = "planted"\n[kernels]\ncases = [{listed}]\n[kernels.ops.{op}]\n', op)
     m = run.measurements
-    over = breaches(m, {op: load_op_file(OPS / f"{op}.py").ceilings})
     flagged = {impl: sorted(set(g["metric"])) for impl, g in over.groupby("impl")}
     outcome = m[m["metric"] == "outcome"]
     status = {impl: set(g["status"]) for impl, g in outcome.groupby("impl")}

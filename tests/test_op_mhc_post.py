@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from harness.parity.catalogue import load_op_file
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +68,10 @@ FAULTS = ["comb_transposed", "post_dropped", "sum_over_wrong_axis"]
 def planted(tmp_path_factory):
     needs_sglang()
     op = "planted_mhc_post"
-    r, run = run_op(
+    r, run, over = run_planted(
         tmp_path_factory.mktemp(op), f'name = "planted"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.{op}]\n', op
     )
     m = run.measurements
-    over = breaches(m, {op: load_op_file(OPS / f"{op}.py").ceilings})
     flagged = {impl: sorted(set(g["metric"])) for impl, g in over.groupby("impl")}
     outcome = m[m["metric"] == "outcome"]
     status = {impl: set(g["status"]) for impl, g in outcome.groupby("impl")}

@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.parity.catalogue import load_module, load_op_file
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from harness.parity.catalogue import load_module
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 OP_FILE = ROOT / "kernels" / "moe_fused_gate.py"
 PROFILE = """
@@ -85,9 +84,8 @@ def test_inputs_keep_rows_clear_of_near_ties():
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     needs_sglang()
-    r, run = run_op(tmp_path_factory.mktemp("planted_moe_fused_gate"), PROFILE, "planted_moe_fused_gate")
+    r, run, over = run_planted(tmp_path_factory.mktemp("planted_moe_fused_gate"), PROFILE, "planted_moe_fused_gate")
     m = run.measurements
-    over = breaches(m, {"planted_moe_fused_gate": load_op_file(OPS / "planted_moe_fused_gate.py").ceilings})
     flagged = set(zip(over["impl"], over["case"]))
     m = m[(m["reference"] == "fp64") & (m["status"] == "ok")]
     values = {(i, c, k): (v, d) for i, c, k, v, d in zip(m["impl"], m["case"], m["metric"], m["value"], m["detail"])}

@@ -7,10 +7,8 @@ audited by `sm120-harness audit --only q_indexer_quant`)."""
 import pytest
 import torch
 
-from harness.parity.catalogue import load_op_file
 from harness.parity.op import load_module
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 OP = load_module(ROOT / "kernels" / "q_indexer_quant.py")
 ROPE = load_module(ROOT / "kernels" / "q_norm_rope.py")
@@ -76,9 +74,8 @@ def test_scale_convention_on_the_edge_rows():
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_q_indexer_quant")
-    r, run = run_op(tmp, PROFILE, "planted_q_indexer_quant")
+    r, run, over = run_planted(tmp, PROFILE, "planted_q_indexer_quant")
     m = run.measurements
-    over = breaches(m, {"planted_q_indexer_quant": load_op_file(OPS / "planted_q_indexer_quant.py").ceilings})
     over = set(zip(over["impl"], over["case"].str.split("/").str[1], over["metric"]))
     m = m[(m["reference"] == "fp64") & (m["status"] == "ok")]
     values = {(i, c.split("/")[1], k): v for i, c, k, v in zip(m["impl"], m["case"], m["metric"], m["value"])}

@@ -9,10 +9,8 @@ import math
 import pytest
 import torch
 
-from harness.parity.catalogue import load_op_file
 from harness.parity.op import load_by_path, load_module, require_root
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 OP = load_module(ROOT / "kernels" / "q_norm_rope.py")
 PROFILE = """
@@ -99,9 +97,8 @@ def test_forward_then_inverse_is_the_identity(monkeypatch):
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp("planted_q_norm_rope")
-    r, run = run_op(tmp, PROFILE, "planted_q_norm_rope")
+    r, run, over = run_planted(tmp, PROFILE, "planted_q_norm_rope")
     m = run.measurements
-    over = breaches(m, {"planted_q_norm_rope": load_op_file(OPS / "planted_q_norm_rope.py").ceilings})
     over = set(zip(over["impl"], over["case"].str.split("/").str[1]))
     m = m[(m["reference"] == "fp64") & (m["status"] == "ok")]
     values = {(i, c.split("/")[1], k): v for i, c, k, v in zip(m["impl"], m["case"], m["metric"], m["value"])}

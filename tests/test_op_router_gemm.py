@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.parity.catalogue import load_module, load_op_file
+from harness.parity.catalogue import load_module
 from harness.parity.drift import calc_diff
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 PROFILE = """
 name = "planted"
@@ -53,9 +52,8 @@ def test_tiny_gemm_threshold_on_sm120(monkeypatch):
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     needs_sglang()
-    r, run = run_op(tmp_path_factory.mktemp("planted_router_gemm"), PROFILE, "planted_router_gemm")
+    r, run, over = run_planted(tmp_path_factory.mktemp("planted_router_gemm"), PROFILE, "planted_router_gemm")
     m = run.measurements
-    over = breaches(m, {"planted_router_gemm": load_op_file(OPS / "planted_router_gemm.py").ceilings})
     flagged = set(zip(over["impl"], over["case"]))
     m = m[(m["reference"] == "fp64") & (m["status"] == "ok")]
     values = {(i, c.split("/")[1], k): v for i, c, k, v in zip(m["impl"], m["case"], m["metric"], m["value"])}

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from harness.parity.catalogue import load_op_file
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from tests.conftest import ROOT, needs_sglang, run_planted
 
 OP = "planted_silu_and_mul_clamp"
 
@@ -47,9 +46,8 @@ def test_oracle_by_hand(act):
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp(OP)
-    r, run = run_op(tmp, f'name = "planted"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.{OP}]\n', OP)
+    r, run, over = run_planted(tmp, f'name = "planted"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.{OP}]\n', OP)
     m = run.measurements
-    over = breaches(m, {OP: load_op_file(OPS / f"{OP}.py").ceilings})
     flagged = {(i, c.split("/")[1]) for i, c in zip(over["impl"], over["case"])}
     outcome = m[m["metric"] == "outcome"]
     status = {(i, c.split("/")[1]): s for i, c, s in zip(outcome["impl"], outcome["case"], outcome["status"])}

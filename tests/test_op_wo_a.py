@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from harness.parity.catalogue import load_op_file
-from harness.results.ceilings import breaches
-from tests.conftest import OPS, ROOT, needs_sglang, run_op
+from tests.conftest import OPS, ROOT, needs_sglang, run_planted
 
 OP = "planted_wo_a"
 
@@ -56,9 +55,8 @@ def test_oracle_is_a_grouped_matmul(wo_a):
 def measured(tmp_path_factory):
     needs_sglang()
     tmp = tmp_path_factory.mktemp(OP)
-    r, run = run_op(tmp, f'name = "planted"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.{OP}]\n', OP)
+    r, run, over = run_planted(tmp, f'name = "planted"\n[kernels]\ncases = ["tiny"]\n[kernels.ops.{OP}]\n', OP)
     m = run.measurements
-    over = breaches(m, {OP: load_op_file(OPS / f"{OP}.py").ceilings})
     flagged = {(i, c.split("/")[1]) for i, c in zip(over["impl"], over["case"])}
     ok = m[(m["reference"] == "fp64") & (m["status"] == "ok")]
     values = {(i, c.split("/")[1], k): v for i, c, k, v in zip(ok["impl"], ok["case"], ok["metric"], ok["value"])}
