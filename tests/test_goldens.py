@@ -82,7 +82,8 @@ def test_replay_gives_the_same_drift_figures(captured):
     _, stored = _replay(tmp, prof, "stored")
     assert _drift(live) and _drift(live) == _drift(stored)
     sources = {json.loads(d).get("reference_source") for d in stored[stored["metric"] == "calc_diff"]["detail"]}
-    assert len(sources) == 1 and next(iter(sources)).startswith("stored:")
+    # every reference came from the store (one date per stored file: a capture may cross a second)
+    assert sources and all(s.startswith("stored:") for s in sources), sources
     assert {json.loads(d).get("reference_source") for d in live[live["metric"] == "calc_diff"]["detail"]} == {"live"}
 
 
