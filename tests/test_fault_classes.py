@@ -92,3 +92,46 @@ def test_the_gate_lets_a_known_finding_pass_until_its_date(tmp_path):
     assert "allowed until 2999-12-31: a planted finding" in ok.stdout
     bad = cli(["gate", "--baseline", base, "--candidate", expired, *common])
     assert bad.returncode == 1, bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ('KNOWN = [Known("nope", "n16", "*", "2999-01-01", "why")]', "KNOWN[0].path"),
+        ('KNOWN = [Known("good", "n99", "*", "2999-01-01", "why")]', "KNOWN[0].case"),
+        ('KNOWN = [Known("good", "n16", "*", "next spring", "why")]', "KNOWN[0].until"),
+        ('KNOWN = [Known("good", "n16", "*", "2999-01-01", " ")]', "KNOWN[0].why"),
+        ('OUTPUTS = {"y": "bf16"}', "OUTPUTS must be"),
+        ('UNJUDGED = {"calc_diff": ""}', "UNJUDGED must be"),
+    ],
+)
+def test_a_bad_declaration_names_the_file_and_the_field(tmp_path, extra, field):
+    """A known finding that names no path or case of the op, or no date, and malformed OUTPUTS or UNJUDGED,
+    are catalogue errors naming the op file and the field, not allowances or checks that silently lapse."""
+    from harness.parity.catalogue import CatalogueError, load_op_file
+    from tests.conftest import OPS
+
+    bad = tmp_path / "toy_faults.py"
+    bad.write_text((OPS / "toy_faults.py").read_text() + "\n" + extra + "\n")
+    with pytest.raises(CatalogueError) as err:
+        load_op_file(bad)
+    assert str(bad) in str(err.value) and field in str(err.value), err.value
+
+
+def test_guard_bands_count_writes_before_after_and_between_rows():
+    """op.guarded's sentinels, without the engine: a clean write of the view changes none; one element
+    written before the buffer, after it, and into the pad between two rows (a path that assumes dense rows)
+    are counted each."""
+    import torch
+
+    from harness.parity.op import guarded
+
+    g = guarded((3, 5), torch.bfloat16, "cpu", row_pad=2)
+    assert g.view.shape == (3, 5) and g.view.stride() == (7, 1)
+    g.view.fill_(1.0)
+    assert g.stray() == 0
+    base = g.view.storage_offset()
+    for offset in (-1, 5, 3 * 7):  # before the first row, the pad after row 0, past the last row
+        torch.as_strided(g.view, (1,), (1,), base + offset).fill_(2.0)
+    assert g.stray() == 3
+    assert int(g.result()["stray_writes"].sum()) == 3
