@@ -38,13 +38,16 @@ weight block's scale or columns stands out there even at M 1 and N 32768, where 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from unittest import mock
 
 import torch
 
 from harness.parity.op import (
     ORACLE,
     SM120,
+    Allocations,
     Case,
     Metric,
     Path,
@@ -54,6 +57,7 @@ from harness.parity.op import (
     function,
     import_module,
     interpreted,
+    load_by_path,
 )
 
 OP = "fp8_block_gemm"
@@ -80,6 +84,13 @@ SHAPES = {
     "wo_b_tp2": (4096, 4096),
     "shared_gate_up": (4096, 4096),
     "shared_down": (2048, 4096),
+    # the indexer's q projection (64 heads x 128 from q_lora 1024), the same on every rank
+    "idx_wq_b": (1024, 8192),
+    # TP4/TP8 (nightly and the tp4-tp8 profile): wq_b column-parallel, wo_b row-parallel over 16384 inputs
+    "tp4_wq_b": (1024, 8192),
+    "tp8_wq_b": (1024, 4096),
+    "tp4_wo_b": (2048, 4096),
+    "tp8_wo_b": (1024, 4096),
 }
 MS = (1, 8, 64, 512, 4096)
 MAX_OUTPUT = 1 << 24  # M*N cap: the fp64 oracle's output and the drift metrics stay ~100 MB
@@ -96,6 +107,8 @@ def cases() -> list[Case]:
         _case("tiny_m5_k384_n200", {"tiny"}, M=5, K=384, N=200),
         # K not a multiple of 128: only the pre-quantized Triton GEMM takes it (the quantizer asserts)
         _case("tiny_m4_k320_n256", {"tiny"}, M=4, K=320, N=256),
+        # one row past the default config's 64-row M tile: a second tile holding one live row
+        _case("tiny_m65_k128_n96", {"tiny"}, M=65, K=128, N=96),
     ]
     # Grid: every shape at M 1, 8, 64, 512, 4096 (decode to prefill chunk) within MAX_OUTPUT, the
     # unfused wq_a/wkv only at 1, 64, 512; and M 256 twice, for CUTLASS's 128x64 swapAB tile (its
@@ -105,7 +118,8 @@ def cases() -> list[Case]:
         ms += (256,) if shape in ("wqkv_a", "wo_b") else ()
         for M in sorted(ms):
             if M * N <= MAX_OUTPUT:
-                out.append(_case(f"{shape}_m{M}", {"flash"}, M=M, K=K, N=N))
+                tp = shape.split("_")[0]
+                out.append(_case(f"{shape}_m{M}", {"flash", tp} if tp in ("tp4", "tp8") else {"flash"}, M=M, K=K, N=N))
     return out
 
 
@@ -202,14 +216,58 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
 # ---------------------------------------------------------------------------------------------- paths
 
 
-def _gemm_module():
-    # moved from quantization/ to gemm/ in SGLang 0.5.21
-    mod = function("sglang.kernels.ops.gemm.fp8_kernel:", "sglang.kernels.ops.quantization.fp8_kernel:")
+GEMM_FILE = "kernels/ops/gemm/fp8_kernel.py"  # SGLang 0.5.21 on (quantization/ before)
+# The device SM120 means here, as SGLang's tuned-config files spell it (get_device_name, spaces as _)
+RTX_PRO_6000 = "NVIDIA RTX PRO 6000 Blackwell Server Edition"
+# Launch configurations. SGLang 0.5.23 ships no tuned block-FP8 file for an RTX PRO 6000, so there the
+# default runs (BLOCK_SIZE_K = the 128 group: the scales step every K tile). Its files for 30 other devices
+# pick tiles below the group (BLOCK_SIZE_K 64: the scales step every second tile; BLOCK_SIZE_N 64 < 128),
+# which its sanitizer keeps on CUDA: `sglang.triton.subgroup_tiles` runs such a config, read through
+# SGLang's own lookup from the L40's file, so that branch is checked before a tuned RTX PRO 6000 file takes it.
+SUBGROUP_SOURCE = ("NVIDIA L40", 5120, 2048)  # device, N, K of the tuned file read
+
+
+def _gemm_module(edit: tuple[str, str] | None = None):
+    mod = (
+        load_by_path(GEMM_FILE, edit=edit)
+        if edit
+        else function("sglang.kernels.ops.gemm.fp8_kernel:", "sglang.kernels.ops.quantization.fp8_kernel:")
+    )
     if interpreted():
-        # the tuned-config lookup reads the CUDA device name; NVIDIA GPUs have no tuned file for
-        # these (N, K) either, so the default config it falls back to is the one that runs there
-        mod.get_w8a8_block_fp8_configs = lambda *args: None
+        # the tuned-config lookup reads the CUDA device name: it answers here as on an RTX PRO 6000
+        mod.get_device_name = lambda *args: RTX_PRO_6000
     return mod
+
+
+def subgroup_config(mod) -> dict:
+    """The first config (by M) of SGLang's tuned file SUBGROUP_SOURCE whose K tile is below the 128 group,
+    as SGLang's lookup returns it on a CUDA device (its sanitizer included)."""
+    device, N, K = SUBGROUP_SOURCE
+    lookup = getattr(mod.get_w8a8_block_fp8_configs, "__wrapped__", mod.get_w8a8_block_fp8_configs)
+    with mock.patch.object(mod, "get_device_name", lambda *a: device), mock.patch.object(mod, "_is_cuda", True):
+        table = lookup(N, K, BLOCK, BLOCK) or {}
+    below = [table[m] for m in sorted(table) if table[m]["BLOCK_SIZE_K"] < BLOCK]
+    if not below:
+        raise Unavailable(f"SGLang's tuned file for {device} N={N} K={K} has no K tile below {BLOCK} here")
+    return below[0]
+
+
+@contextlib.contextmanager
+def _launch(mod, config: dict | None):
+    """The output SGLang allocates for the Triton GEMM (prepare_block_fp8_matmul_inputs), inside guard bands
+    and poisoned, so rows written past M or left unwritten show; `config` in place of the tuned lookup."""
+    allocs = Allocations()
+    real = mod.prepare_block_fp8_matmul_inputs
+
+    def prepare(*args, **kwargs):
+        M, N, K, C = real(*args, **kwargs)
+        return M, N, K, allocs.like(C)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(mod, "prepare_block_fp8_matmul_inputs", prepare))
+        if config is not None:
+            stack.enter_context(mock.patch.object(mod, "get_w8a8_block_fp8_configs", lambda *a: {1: config}))
+        yield allocs
 
 
 def _need_k_aligned(case: Case, why: str) -> None:
@@ -217,22 +275,30 @@ def _need_k_aligned(case: Case, why: str) -> None:
         raise Unavailable(f"K={case.params['K']} is not a multiple of 128: {why}")
 
 
-def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
-    """The GEMM alone, from pre-quantized activations (SGLang's `input_scale` branch: bf16 out)."""
-    mod = _gemm_module()
-    out = mod.w8a8_block_fp8_matmul_triton(
-        t["a"], t["weight"], t["a_scale"], t["weight_scale_inv"], [BLOCK, BLOCK], output_dtype=torch.bfloat16
-    )
-    return {"out": out}
+def sglang_triton(t: dict, case: Case, subgroup: bool = False, edit: tuple[str, str] | None = None) -> dict:
+    """The GEMM alone, from pre-quantized activations (SGLang's `input_scale` branch: bf16 out), with the
+    config SGLang picks on the device (or a tuned one with tiles below the group: `subgroup`)."""
+    mod = _gemm_module(edit)
+    # the tuned files are read beside SGLang's own module (an edited copy lives elsewhere)
+    with _launch(mod, subgroup_config(_gemm_module()) if subgroup else None) as allocs:
+        out = mod.w8a8_block_fp8_matmul_triton(
+            t["a"], t["weight"], t["a_scale"], t["weight_scale_inv"], [BLOCK, BLOCK], output_dtype=torch.bfloat16
+        )
+    return {"out": out, **allocs.result()}
+
+
+def sglang_triton_subgroup(t: dict, case: Case) -> dict[str, torch.Tensor]:
+    return sglang_triton(t, case, subgroup=True)
 
 
 def sglang_triton_linear(t: dict, case: Case) -> dict[str, torch.Tensor]:
     """`--fp8-gemm-backend triton` (and CUTLASS's fallback): quantize x, then the Triton GEMM."""
     _need_k_aligned(case, "SGLang's activation quantizer asserts K % group_size == 0")
-    _gemm_module()
+    mod = _gemm_module()
     utils = import_module("sglang.srt.layers.quantization.fp8_utils")
-    out = utils.triton_w8a8_block_fp8_linear(t["x"], t["weight"], [BLOCK, BLOCK], t["weight_scale_inv"])
-    return {"out": out}
+    with _launch(mod, None) as allocs:
+        out = utils.triton_w8a8_block_fp8_linear(t["x"], t["weight"], [BLOCK, BLOCK], t["weight_scale_inv"])
+    return {"out": out, **allocs.result()}
 
 
 def sglang_cutlass_linear(t: dict, case: Case) -> dict[str, torch.Tensor]:
@@ -293,6 +359,11 @@ PATHS = [
         note="deep_gemm.fp8_gemm_nt: 1D2D fp32 scales on SM90, UE8M0 on SM120",
     ),
     Path("sglang.triton", sglang_triton, note="w8a8_block_fp8_matmul_triton, pre-quantized activations"),
+    Path(
+        "sglang.triton.subgroup_tiles",
+        sglang_triton_subgroup,
+        note="the same with a tuned config whose tiles are below the 128 group (BLOCK_SIZE_K 64: scales step every 2nd tile)",
+    ),
     Path(
         "sglang.triton.linear",
         sglang_triton_linear,

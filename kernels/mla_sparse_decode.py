@@ -20,6 +20,7 @@ includes it (the Triton fallback returns that one).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -30,12 +31,15 @@ from harness.parity.op import (
     SM120,
     Case,
     Path,
+    Unavailable,
     case_maker,
     dsv4,
+    guarded_allocations,
     import_module,
     interpreted,
     keep_first_config,
     load_by_path,
+    pinned_config,
     require,
 )
 
@@ -60,6 +64,7 @@ SM_SCALE = dsv4.DIM**-0.5
 _case = case_maker(
     page=256, n_main=16384, extra_topk=0, extra_page=64, n_extra=16384, topk_length=True, sink=True, empty_row=False
 )
+NEGATIVE_ROPE = 8.0  # scores="negative": keys' rope dims near +8, q's near -8: 64 x -64 / sqrt(512) ~ -181
 
 
 def cases() -> list[Case]:
@@ -68,6 +73,13 @@ def cases() -> list[Case]:
         _case("tiny_b3_h4_swa64_c4x64", {"tiny"}, B=3, H=4, topk=64, extra_topk=64, **tiny),
         _case("tiny_b2_h4_topk64_nosink_nolen", {"tiny"}, B=2, H=4, topk=64, sink=False, topk_length=False, **tiny),
         _case("tiny_b3_h2_c4x64_emptyrow", {"tiny"}, B=3, H=2, topk=64, extra_topk=64, empty_row=True, **tiny),
+        # every score of every row near -181: exp of any of them underflows fp32, so only a softmax that
+        # subtracts the row's own running maximum (not 0, not a constant) gets them right. No sink: beside
+        # a sink of O(1) the right output is ~e^-170, which no bf16 holds
+        _case("tiny_b2_h4_scores_all_negative", {"tiny"}, B=2, H=4, topk=64, sink=False, scores="negative", **tiny),
+        # the slots past each row's length point into a page of 0xFF bytes (NaN values, an infinite scale, as
+        # memory never written may hold): a path that reads them and masks after the arithmetic shows NaN
+        _case("tiny_b3_h4_c4x64_tail_poisoned", {"tiny"}, B=3, H=4, topk=64, extra_topk=64, tail="poisoned", **tiny),
     ]
     # DeepSeek-V4-Flash: a c4 layer reads the SWA window (128) plus 512 compressed tokens.
     for h in (64, 32):
@@ -82,21 +94,42 @@ def cases() -> list[Case]:
         out.append(
             _case(f"b8_h{h}_swa128_c4x512_emptyrow", {"flash"}, B=8, H=h, topk=128, extra_topk=512, empty_row=True)
         )
+    # the shapes users run beyond TP1/TP2 (nightly and the tp4-tp8 profile; the PR profile keeps b1/b8 at 64/32):
+    # 16 and 8 heads per rank at TP4/TP8 (sglang#38969 aborted at 8 heads x top-k 128; flashinfer#5135 has no
+    # kernel for 16 heads x top-k 512 prefill), c128 layers (2 compressed tokens per 256-token page, top-k
+    # ceil(L/128) aligned to 64: 64..8192), SWA-only layers (top-k 128, no extra cache), and MTP verify batches
+    # of B x (n+1) rows on either side of the 64-row decode/prefill switch
+    for tp, h in (("tp4", 16), ("tp8", 8)):
+        for b in (1, 8, 32, 128):
+            out.append(_case(f"{tp}_b{b}_h{h}_swa128_c4x512", {"flash", tp}, B=b, H=h, topk=128, extra_topk=512))
+        out.append(_case(f"{tp}_b8_h{h}_topk512", {"flash", tp}, B=8, H=h, topk=512))
+        out.append(_case(f"{tp}_b8_h{h}_swa128_c128x1024_p2", {"flash", tp}, B=8, H=h, topk=128, extra_topk=1024, extra_page=2))
+    for h in (64, 32):
+        out.append(_case(f"c128_b8_h{h}_swa128_c128x1024_p2", {"flash"}, B=8, H=h, topk=128, extra_topk=1024, extra_page=2))
+        out.append(_case(f"c128_b1_h{h}_swa128_c128x8192_p2", {"flash"}, B=1, H=h, topk=128, extra_topk=8192, extra_page=2))
+        out.append(_case(f"swa_b32_h{h}_swa128_only", {"flash"}, B=32, H=h, topk=128))
+        for rows in (60, 64, 68):  # 15/16/17 requests x (MTP next_n 3 + 1)
+            out.append(_case(f"mtp_b{rows}_h{h}_swa128_c4x512", {"flash", "mtp"}, B=rows, H=h, topk=128, extra_topk=512))
     return out
 
 
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _cache(n: int, page: int, gen: torch.Generator) -> torch.Tensor:
+def _cache(n: int, page: int, gen: torch.Generator, rope_offset: float = 0.0) -> torch.Tensor:
     """Random K rows, packed. Row magnitudes spread over 2^-2..2^1 so the UE8M0 scales vary while the
     scores (q.k / sqrt(512), q ~ N(0, 1)) stay O(1), as after DeepSeek-V4's KV norm: the softmax is
-    spread over many tokens rather than decided by one."""
+    spread over many tokens rather than decided by one. `rope_offset` moves every key's rope dims."""
     k = torch.randn(n, dsv4.DIM, generator=gen) * torch.pow(2.0, torch.randint(-2, 2, (n, 1), generator=gen).float())
+    k[:, dsv4.DIM - dsv4.ROPE :] += rope_offset
     return dsv4.pack_pages(*dsv4.quantize_v4(k), page)
 
 
-def _indices(B: int, topk: int, n: int, with_length: bool, empty_row: bool, gen: torch.Generator):
+def _indices(
+    B: int, topk: int, n: int, with_length: bool, empty_row: bool, gen: torch.Generator, poisoned: int = 0
+):
+    """Slots into n tokens; with `poisoned` > 0, the slots past each row's length point into the `poisoned`
+    tokens that follow the n."""
     idx = torch.stack([torch.randperm(n, generator=gen)[:topk] for _ in range(B)]).to(torch.int32)
     length = None
     if with_length:
@@ -104,6 +137,9 @@ def _indices(B: int, topk: int, n: int, with_length: bool, empty_row: bool, gen:
         # topk_length reads them and is caught
         length = torch.randint(topk // 2, topk + 1, (B,), generator=gen, dtype=torch.int32)
         length[0] = topk
+        if poisoned:
+            past = torch.arange(topk)[None, :] >= length[:, None]
+            idx = torch.where(past, n + torch.randint(0, poisoned, idx.shape, generator=gen, dtype=torch.int32), idx)
     else:
         idx[-1, 3 * topk // 4 :] = -1  # trailing padding
         holes = torch.randperm(topk, generator=gen)[: max(1, topk // 16)]
@@ -118,11 +154,20 @@ def _indices(B: int, topk: int, n: int, with_length: bool, empty_row: bool, gen:
 def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
     p = case.params
     B, H = p["B"], p["H"]
+    negative = p.get("scores") == "negative"
+    q = torch.randn(B, 1, H, dsv4.DIM, generator=gen)
+    if negative:
+        q[..., dsv4.DIM - dsv4.ROPE :] -= NEGATIVE_ROPE
     t = {
-        "q": torch.randn(B, 1, H, dsv4.DIM, generator=gen).to(torch.bfloat16),
-        "k_cache": _cache(p["n_main"], p["page"], gen),
+        "q": q.to(torch.bfloat16),
+        "k_cache": _cache(p["n_main"], p["page"], gen, NEGATIVE_ROPE if negative else 0.0),
     }
-    t["indices"], length = _indices(B, p["topk"], p["n_main"], p["topk_length"], p["empty_row"], gen)
+    poisoned = p.get("tail") == "poisoned"
+    if poisoned:  # one page of 0xFF after the real ones, the slots past each length into it
+        t["k_cache"] = torch.cat([t["k_cache"], torch.full_like(t["k_cache"][:1], 0xFF)])
+    t["indices"], length = _indices(
+        B, p["topk"], p["n_main"], p["topk_length"], p["empty_row"], gen, p["page"] if poisoned else 0
+    )
     if length is not None:
         t["topk_length"] = length
     if p["sink"]:
@@ -130,7 +175,11 @@ def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
         t["attn_sink"] = torch.rand(H, generator=gen) * 8.0
     if p["extra_topk"]:
         t["extra_k_cache"] = _cache(p["n_extra"], p["extra_page"], gen)
-        t["extra_indices"], length = _indices(B, p["extra_topk"], p["n_extra"], p["topk_length"], p["empty_row"], gen)
+        if poisoned:
+            t["extra_k_cache"] = torch.cat([t["extra_k_cache"], torch.full_like(t["extra_k_cache"][:1], 0xFF)])
+        t["extra_indices"], length = _indices(
+            B, p["extra_topk"], p["n_extra"], p["topk_length"], p["empty_row"], gen, p["extra_page"] if poisoned else 0
+        )
         if length is not None:
             t["extra_topk_length"] = length
     return t
@@ -191,6 +240,7 @@ def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
         keys.append(exact[idx[:, 0].clamp(min=0).long()])  # [B, topk, 512]
         keep.append(_selected(idx, length))
     K, keep = torch.cat(keys, 1), torch.cat(keep, 1)
+    K = torch.where(keep[..., None], K, 0.0)  # what is not selected takes no part, whatever it holds
     q = t["q"][:, 0].double()  # [B, H, 512]
     s = torch.einsum("bhd,btd->bht", q, K) * SM_SCALE
     s = s.masked_fill(~keep[:, None, :], -math.inf)
@@ -223,12 +273,44 @@ def _fallback(fn, t: dict, case: Case):
     return out[:, 0], lse[..., 0]
 
 
-def sglang_triton(t: dict, case: Case) -> dict[str, torch.Tensor]:
-    mod = load_by_path("kernels/ops/attention/flash_mla_sm120_triton.py")
+TRITON_FILE = "kernels/ops/attention/flash_mla_sm120_triton.py"
+
+
+def sglang_triton(t: dict, case: Case, config: dict | None = None, file: str = TRITON_FILE, edit=None) -> dict:
+    """flash_mla_sparse_decode_triton as SGLang calls it (autotuned on a GPU, its first config under the
+    interpreter), or with one autotune `config` pinned; every tensor it allocates inside guard bands."""
+    mod = load_by_path(file, edit=edit)
+    kernel = mod._tiled_sparse_decode_kernel
     if interpreted():
-        keep_first_config(mod._tiled_sparse_decode_kernel)
-    out, lse = _fallback(mod.flash_mla_sparse_decode_triton, t, case)
-    return {"out": out, ("lse_with_sink" if "attn_sink" in t else "lse"): lse}  # its LSE includes the sink
+        keep_first_config(kernel)
+    with contextlib.ExitStack() as stack:
+        if config is not None:
+            stack.enter_context(pinned_config(kernel, **config))
+        allocs = stack.enter_context(guarded_allocations(mod))
+        out, lse = _fallback(mod.flash_mla_sparse_decode_triton, t, case)
+        stray = allocs.result()
+    return {"out": out, ("lse_with_sink" if "attn_sink" in t else "lse"): lse, **stray}  # its LSE includes the sink
+
+
+# SGLang's autotune list for the kernel: a GPU picks one per top-k by timing, so each may be what an RTX PRO
+# 6000 runs; each is pinned on its own. Under the interpreter num_warps and num_stages change nothing, so there
+# only BLOCK_T 32 is a program the plain path (the first config, BLOCK_T 16) does not already run.
+TRITON_CONFIGS = {
+    "t16w4": {"BLOCK_T": 16, "num_warps": 4},
+    "t16w8": {"BLOCK_T": 16, "num_warps": 8},
+    "t32w8": {"BLOCK_T": 32, "num_warps": 8},
+}
+
+
+def _triton_pinned(label: str):
+    config = TRITON_CONFIGS[label]
+
+    def run(t: dict, case: Case) -> dict[str, torch.Tensor]:
+        if interpreted() and config["BLOCK_T"] == 16:
+            raise Unavailable("under Triton's interpreter this is sglang.triton's program (num_warps changes nothing)")
+        return sglang_triton(t, case, config)
+
+    return run
 
 
 def sglang_torch(t: dict, case: Case) -> dict[str, torch.Tensor]:
@@ -367,6 +449,10 @@ PATHS = [
         note="sgl-flash-mla's legacy sm90 V4 kernel; no SM120 build exists",
     ),
     Path("sglang.triton", sglang_triton, note="flash_mla_sparse_decode_triton, loaded by file path"),
+    *(
+        Path(f"sglang.triton.{label}", _triton_pinned(label), note=f"the same, autotune config {config} pinned")
+        for label, config in TRITON_CONFIGS.items()
+    ),
     Path("sglang.torch", sglang_torch, note="_sm120_sparse_decode_fwd"),
     Path(
         "flashinfer.sm120",

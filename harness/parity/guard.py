@@ -12,7 +12,10 @@ path returns it as the output STRAY (`guard.result`), and the engine judges it a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -62,3 +65,79 @@ def guarded(shape: tuple[int, ...], dtype: torch.dtype, device, row_pad: int = 0
     body[:, :cols] = 0
     view = body[:, :cols].view(dtype).reshape(*shape) if row_pad == 0 else body[:, :cols].view(dtype).view(*shape)
     return Guarded(view=view, _whole=whole, _mask=mask, _fill=fill)
+
+
+class Allocations:
+    """The buffers SGLang allocates for itself inside a path's call, each in guard bands (`guarded_allocations`).
+    `empty` buffers start poisoned (NaN for floats, the sentinel for integers) rather than zero, so that an
+    element the kernel should write and does not shows in the output."""
+
+    def __init__(self) -> None:
+        self.made: list[Guarded] = []
+
+    def new(self, shape: tuple[int, ...], dtype: torch.dtype, device, fill: float | None) -> torch.Tensor:
+        g = guarded(tuple(shape), dtype, device)
+        if fill is not None:
+            g.view.fill_(fill)
+        elif dtype.is_floating_point:
+            g.view.fill_(float("nan"))
+        else:
+            g.view.view(_int_dtype(g.view.element_size())).fill_(g._fill)
+        self.made.append(g)
+        return g.view
+
+    def like(self, t: torch.Tensor, fill: float | None = None) -> torch.Tensor:
+        return self.new(tuple(t.shape), t.dtype, t.device, fill)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {STRAY: torch.tensor([sum(g.stray() for g in self.made)], dtype=torch.int64)}
+
+
+class _GuardedTorch:
+    """`torch` as one SGLang module sees it inside `guarded_allocations`: empty/zeros/full (and *_like) with a
+    shape, a dtype and a device only are guarded; everything else is torch's."""
+
+    def __init__(self, allocs: Allocations) -> None:
+        self._allocs = allocs
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    def _make(self, real, size: tuple, fill: float | None, dtype=None, device=None, **other):
+        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else tuple(size)
+        if other or not shape or any(int(n) == 0 for n in shape):
+            return real(*size, dtype=dtype, device=device, **other)
+        return self._allocs.new(tuple(int(n) for n in shape), dtype or torch.get_default_dtype(), device or "cpu", fill)
+
+    def empty(self, *size, **kw):
+        return self._make(torch.empty, size, None, **kw)
+
+    def zeros(self, *size, **kw):
+        return self._make(torch.zeros, size, 0.0, **kw)
+
+    def full(self, size, fill_value, **kw):
+        if isinstance(fill_value, torch.Tensor):
+            return torch.full(size, fill_value, **kw)
+        return self._make(lambda *s, **k: torch.full(s, fill_value, **k), tuple(size), float(fill_value), **kw)
+
+    def empty_like(self, t: torch.Tensor, **kw):
+        return torch.empty_like(t, **kw) if kw else self._allocs.like(t)
+
+    def zeros_like(self, t: torch.Tensor, **kw):
+        return torch.zeros_like(t, **kw) if kw else self._allocs.like(t, 0.0)
+
+
+@contextlib.contextmanager
+def guarded_allocations(*modules: ModuleType) -> Iterator[Allocations]:
+    """Within it, the tensors these SGLang modules allocate with `torch.empty/zeros/full` are guarded: a path
+    whose SGLang function allocates its own outputs (no `out=`) checks them all the same, returning
+    `allocs.result()` beside its outputs. Only what the module itself calls through its `torch` is seen."""
+    allocs = Allocations()
+    saved = [(m, m.torch) for m in modules]
+    for m in modules:
+        m.torch = _GuardedTorch(allocs)
+    try:
+        yield allocs
+    finally:
+        for m, real in saved:
+            m.torch = real

@@ -6,10 +6,12 @@ Installed in a worker when `SM120_HARNESS_CAPTURE` names a file; one JSON object
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 ENV = "SM120_HARNESS_CAPTURE"
@@ -35,6 +37,27 @@ def keep_first_config(kernel) -> None:
     if not hasattr(kernel, ALL_CONFIGS):
         setattr(kernel, ALL_CONFIGS, list(kernel.configs))
     kernel.configs = kernel.configs[:1]
+
+
+@contextlib.contextmanager
+def pinned_config(kernel, **match: Any) -> Iterator[Any]:
+    """Run an autotuned kernel with the one config of SGLang's list whose kwargs, num_warps and num_stages
+    match `match` (as a GPU's autotuner might pick it for some device), the whole list restored after. A
+    config SGLang no longer lists raises LookupError naming what it lists."""
+    full = getattr(kernel, ALL_CONFIGS, None) or list(kernel.configs)
+
+    def fields(c) -> dict:
+        return {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
+
+    found = [c for c in full if all(fields(c).get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} autotune configs match {match}; the kernel lists {[fields(c) for c in full]}")
+    before = kernel.configs
+    kernel.configs = found  # one config: the autotuner runs it without benchmarking or caching
+    try:
+        yield found[0]
+    finally:
+        kernel.configs = before
 
 
 DTYPE_KEY = "tl.dtype"  # a constexpr that is a Triton dtype (a kernel's compute_type), kept as {DTYPE_KEY: name}
