@@ -15,6 +15,7 @@ from harness import jobs
 from harness import run as engine
 from harness.content import content_dir
 from harness.history.bisect import BisectError, StepError, bisect, summary
+from harness.parity.arch_gates import table as arch_gates_table
 from harness.pages.console import ClosableStdout, coverage_table, line_coverage_table, registry_lines, runs_table
 from harness.pages.site import build as build_site
 from harness.results.compare import summary_counts, to_markdown
@@ -95,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run the default profile's CPU cases tracing SGLang: the lines of its Triton kernels they execute",
     )
     cov.add_argument("--only", help="with --lines: comma-separated op names")
+    cov.add_argument(
+        "--arch-gates",
+        action="store_true",
+        help="every compute-capability test on DeepSeek-V4's path, as SM90/SM100/SM120/SM121 answer it",
+    )
+    cov.add_argument("--all", action="store_true", help="with --arch-gates: every test, not only the flagged")
     runs = sub.add_parser("runs", parents=[store], help="list the runs of a store")
     runs.add_argument("--json", action="store_true")
     return ap
@@ -203,6 +210,12 @@ def cmd_coverage(args) -> int:
     if args.lines:
         lines = jobs.triton_line_coverage(args.kernels_dir, args.only.split(",") if args.only else None)
         print(line_coverage_table(lines.files))
+        return engine.EXIT_OK
+    if args.arch_gates:
+        gates = jobs.arch_gates(args.kernels_dir)
+        print(arch_gates_table(gates.sites, flagged_only=not args.all))
+        for module in gates.unread:
+            print(f"not read: {module}")
         return engine.EXIT_OK
     c = jobs.kernel_coverage(args.kernels_dir)
     if c.inventory is None:

@@ -30,6 +30,8 @@ from harness.parity.coverage import (
     measure,
     unknown,
 )
+from harness.parity.arch_gates import ArchGateError, Site, modules_of
+from harness.parity.arch_gates import read as read_arch_gates
 from harness.parity.registry import RegistryError, specs
 from harness.profile import KernelsConfig, Profile, ProfileError, load_profile
 from harness.results import attribution, judge
@@ -46,6 +48,7 @@ from harness.run import (
     EXIT_USAGE,
     GOLDENS,
     RUN,
+    InfraError,
     Outcome,
     Request,
     UsageError,
@@ -253,6 +256,32 @@ class KernelCoverage:
     unknown: dict[str, list[str]]  # op -> functions it covers that the inventory does not list
     registry: RegistryCheck | None = None  # None: not asked for, or these sources have no kernel registry
     registry_error: str | None = None
+
+
+@dataclass
+class ArchGates:
+    sites: list[Site]
+    unread: list[str]  # modules of the path that did not import here, with why
+
+
+def arch_gates(kernels_dir: Path | None = None) -> ArchGates:
+    """Every compute-capability test in the modules of the inventory of the SGLang measured, evaluated as
+    SM90, SM100, SM120 and SM121 answer it (harness/parity/arch_gates.py)."""
+    folder = kernels_dir or content_dir("kernels")
+    try:
+        root = sglang_root()
+    except Unavailable as exc:
+        raise UsageError(str(exc)) from exc
+    if root is None:
+        raise UsageError("SGLang is not installed here (pip install --no-deps sglang, or set SM120_HARNESS_SGLANG_SRC)")
+    file = inventory_file(Path(folder) / "inventory", sglang_generated("__version__"))
+    if file is None:
+        raise UsageError(f"no inventory in {folder}/inventory/")
+    try:
+        sites, unread = read_arch_gates(root, modules_of(load_inventory(file)))
+    except (InventoryError, ArchGateError) as exc:
+        raise InfraError(str(exc)) from exc
+    return ArchGates(sites, unread)
 
 
 def kernel_coverage(kernels_dir: Path | None = None, with_registry: bool = True) -> KernelCoverage:

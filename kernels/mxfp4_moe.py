@@ -129,6 +129,10 @@ def cases() -> list[Case]:
     for t in (1, 8, 64, 512, 4096):
         out.append(_case(f"t{t}_tp2", {"flash"}, T=t, I=1024, tp=2))
     out.append(_case("t64_tp1", {"flash"}, T=64, I=2048, tp=1))
+    # TP4/TP8 (nightly and the tp4-tp8 profile): I = 512 / 256 per rank, what four or eight RTX PRO 6000 run
+    for tp, i in ((4, 512), (8, 256)):
+        for t in (1, 8, 64, 512, 4096):
+            out.append(_case(f"t{t}_tp{tp}", {"flash", f"tp{tp}"}, T=t, I=i, tp=tp))
     return out
 
 

@@ -135,6 +135,10 @@ def cases() -> list[Case]:
                 out.append(_case(f"b{t}_h{h}_{fn}", {"flash"}, fn=fn, T=t, H=h, rows=131072))
             for t in (1024, 8192):
                 out.append(_case(f"t{t}_h{h}_{fn}", {"flash"}, fn=fn, T=t, H=h, rows=131072, layout="prefill"))
+        for tp, h in (("tp4", 16), ("tp8", 8)):  # heads per rank at TP4/TP8
+            for t in (1, 8, 128):
+                out.append(_case(f"{tp}_b{t}_h{h}_{fn}", {"flash", tp}, fn=fn, T=t, H=h, rows=131072))
+            out.append(_case(f"{tp}_t8192_h{h}_{fn}", {"flash", tp}, fn=fn, T=8192, H=h, rows=131072, layout="prefill"))
         # the whole 1M-position table, the last rows included; int32 positions; the edge rows
         out.append(_case(f"b64_h64_{fn}_pos1m", {"flash"}, fn=fn, T=64, H=64, rows=MAX_POS))
         out.append(_case(f"b64_h64_{fn}_swa_int32", {"flash"}, fn=fn, T=64, H=64, rows=131072, table="swa",

@@ -77,7 +77,14 @@ def cases() -> list[Case]:
             decode = t <= DECODE_MAX
             name = f"{'b' if decode else 't'}{t}_tp{tp}{'_padded' if decode and tp > 1 else ''}"
             out.append(
-                _case(name, {"flash"}, T=t, G=G, mode="decode" if decode else "prefill", padded=decode and tp > 1)
+                _case(
+                    name,
+                    {"flash", f"tp{tp}"} if tp >= 4 else {"flash"},
+                    T=t,
+                    G=G,
+                    mode="decode" if decode else "prefill",
+                    padded=decode and tp > 1,
+                )
             )
     return out
 
