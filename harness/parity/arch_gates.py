@@ -322,8 +322,9 @@ def scan(modules: list[str]) -> tuple[list[Site], list[str]]:
                     v = _UNKNOWN
                 values[cap_name] = None if v is _UNKNOWN else v
             statement, if_node = _statement_of(tree, node, source)
+            resolved = file.resolve()
             site = Site(
-                file=str(file.resolve().relative_to(root)),
+                file=str(resolved.relative_to(root)) if resolved.is_relative_to(root) else f"{name}.py",
                 line=node.lineno,
                 function=function,
                 atom=" ".join((ast.get_source_segment(source, node) or what).split())[:120],
@@ -365,9 +366,11 @@ class ArchGateError(Exception):
     pass
 
 
-def read(root: Path, modules: list[str]) -> tuple[list[Site], list[str]]:
-    """`scan` of the SGLang sources under `root`, in a process of its own (it imports SGLang's modules)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+def read(root: Path, modules: list[str], extra_path: Path | None = None) -> tuple[list[Site], list[str]]:
+    """`scan` of the SGLang sources under `root` (and modules under `extra_path`), in a process of its own:
+    it imports SGLang's modules."""
+    paths = [str(root), *([str(extra_path)] if extra_path else []), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     env.pop("TRITON_INTERPRET", None)
     cmd = [sys.executable, "-m", "harness.parity.arch_gates", *modules]
     try:
