@@ -15,9 +15,9 @@ from harness import jobs
 from harness import run as engine
 from harness.content import content_dir
 from harness.history.bisect import BisectError, StepError, bisect, summary
-from harness.parity.arch_gates import table as arch_gates_table
 from harness.pages.console import ClosableStdout, coverage_table, line_coverage_table, registry_lines, runs_table
 from harness.pages.site import build as build_site
+from harness.parity.arch_gates import table as arch_gates_table
 from harness.results.compare import summary_counts, to_markdown
 from harness.results.store import StoreError, atomic_write, list_runs
 

@@ -19,6 +19,8 @@ from harness.content import content_dir
 from harness.fingerprint import sglang_generated
 from harness.pages.site import build as build_site
 from harness.parity import goldens
+from harness.parity.arch_gates import ArchGateError, Site, modules_of
+from harness.parity.arch_gates import read as read_arch_gates
 from harness.parity.catalogue import CatalogueError, discover
 from harness.parity.coverage import (
     GroupCoverage,
@@ -30,8 +32,6 @@ from harness.parity.coverage import (
     measure,
     unknown,
 )
-from harness.parity.arch_gates import ArchGateError, Site, modules_of
-from harness.parity.arch_gates import read as read_arch_gates
 from harness.parity.registry import RegistryError, specs
 from harness.profile import KernelsConfig, Profile, ProfileError, load_profile
 from harness.results import attribution, judge

@@ -291,6 +291,21 @@ def sglang_triton_subgroup(t: dict, case: Case) -> dict[str, torch.Tensor]:
     return sglang_triton(t, case, subgroup=True)
 
 
+def _triton_call(t: dict, case: Case, subgroup: bool = False):
+    """The GEMM alone for timing: SGLang's own allocation, no guard bands (their count syncs the device)."""
+    mod = _gemm_module()
+    config = subgroup_config(mod) if subgroup else None
+    args = (t["a"], t["weight"], t["a_scale"], t["weight_scale_inv"], [BLOCK, BLOCK])
+
+    def call():
+        if config is None:
+            return mod.w8a8_block_fp8_matmul_triton(*args, output_dtype=torch.bfloat16)
+        with mock.patch.object(mod, "get_w8a8_block_fp8_configs", lambda *a: {1: config}):
+            return mod.w8a8_block_fp8_matmul_triton(*args, output_dtype=torch.bfloat16)
+
+    return call
+
+
 def sglang_triton_linear(t: dict, case: Case) -> dict[str, torch.Tensor]:
     """`--fp8-gemm-backend triton` (and CUTLASS's fallback): quantize x, then the Triton GEMM."""
     _need_k_aligned(case, "SGLang's activation quantizer asserts K % group_size == 0")
@@ -358,11 +373,17 @@ PATHS = [
         timed=_deepgemm_call,
         note="deep_gemm.fp8_gemm_nt: 1D2D fp32 scales on SM90, UE8M0 on SM120",
     ),
-    Path("sglang.triton", sglang_triton, note="w8a8_block_fp8_matmul_triton, pre-quantized activations"),
+    Path(
+        "sglang.triton",
+        sglang_triton,
+        timed=_triton_call,
+        note="w8a8_block_fp8_matmul_triton, pre-quantized activations",
+    ),
     Path(
         "sglang.triton.subgroup_tiles",
         sglang_triton_subgroup,
-        note="the same with a tuned config whose tiles are below the 128 group (BLOCK_SIZE_K 64: scales step every 2nd tile)",
+        timed=lambda t, case: _triton_call(t, case, subgroup=True),
+        note="the same with a tuned config whose tiles are below the 128 group (K tile 64: scales step every 2nd)",
     ),
     Path(
         "sglang.triton.linear",
@@ -385,9 +406,10 @@ PATHS = [
 ]
 
 
+_SHAPES_LEFT_OUT = "V4-Flash shapes at TP1/TP2/TP4/TP8 and the indexer wq_b; not V4.1's (hidden 5120)"
 # the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
 COVERS = {
-    "sglang.srt.layers.quantization.fp8_utils:cutlass_w8a8_block_fp8_linear_with_fallback": "TP1/TP2 shapes only",
-    "sglang.kernels.ops.gemm.fp8_blockwise_gemm:fp8_blockwise_scaled_mm": "TP1/TP2 shapes only",
+    "sglang.srt.layers.quantization.fp8_utils:cutlass_w8a8_block_fp8_linear_with_fallback": _SHAPES_LEFT_OUT,
+    "sglang.kernels.ops.gemm.fp8_blockwise_gemm:fp8_blockwise_scaled_mm": _SHAPES_LEFT_OUT,
     "sglang.srt.layers.quantization.fp8_utils:triton_w8a8_block_fp8_linear": "128x128 blocks only",
 }

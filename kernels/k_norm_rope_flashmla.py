@@ -183,9 +183,10 @@ def write_rows(cache: torch.Tensor, loc: torch.Tensor, nope8, scale_bytes, rope,
     loc = loc[keep].long()
     pg, off = loc // page, loc % page
     data = torch.cat([nope8[keep].view(torch.uint8), rope[keep].contiguous().view(torch.uint8)], 1)
-    out[pg[:, None], off[:, None] * dsv4.TOKEN_DATA + torch.arange(dsv4.TOKEN_DATA)] = data
-    groups = NOPE // dsv4.SCALE_GROUP
-    out[pg[:, None], page * dsv4.TOKEN_DATA + off[:, None] * 8 + torch.arange(groups)] = scale_bytes[keep]
+    cols = torch.arange(dsv4.TOKEN_DATA, device=out.device)
+    out[pg[:, None], off[:, None] * dsv4.TOKEN_DATA + cols] = data.to(out.device)
+    groups = torch.arange(NOPE // dsv4.SCALE_GROUP, device=out.device)
+    out[pg[:, None], page * dsv4.TOKEN_DATA + off[:, None] * 8 + groups] = scale_bytes[keep].to(out.device)
     return out
 
 

@@ -270,9 +270,10 @@ def write_index_rows(cache: torch.Tensor, slots: torch.Tensor, k8: torch.Tensor,
     values at page * 8448 + off * 128, the scale at page * 8448 + 64 * 128 + off * 4."""
     out = cache.clone()
     pg, off = slots.long() // INDEX_PAGE, slots.long() % INDEX_PAGE
-    out[pg[:, None], off[:, None] * INDEX_D + torch.arange(INDEX_D)] = k8.view(torch.uint8)
-    s = scale.float().contiguous().view(torch.uint8).reshape(-1, 4)
-    out[pg[:, None], INDEX_PAGE * INDEX_D + off[:, None] * 4 + torch.arange(4)] = s
+    cols = torch.arange(INDEX_D, device=out.device)
+    out[pg[:, None], off[:, None] * INDEX_D + cols] = k8.view(torch.uint8).to(out.device)
+    s = scale.float().contiguous().view(torch.uint8).reshape(-1, 4).to(out.device)
+    out[pg[:, None], INDEX_PAGE * INDEX_D + off[:, None] * 4 + torch.arange(4, device=out.device)] = s
     return out
 
 

@@ -103,13 +103,21 @@ def cases() -> list[Case]:
         for b in (1, 8, 32, 128):
             out.append(_case(f"{tp}_b{b}_h{h}_swa128_c4x512", {"flash", tp}, B=b, H=h, topk=128, extra_topk=512))
         out.append(_case(f"{tp}_b8_h{h}_topk512", {"flash", tp}, B=8, H=h, topk=512))
-        out.append(_case(f"{tp}_b8_h{h}_swa128_c128x1024_p2", {"flash", tp}, B=8, H=h, topk=128, extra_topk=1024, extra_page=2))
+        out.append(
+            _case(f"{tp}_b8_h{h}_swa128_c128x1024_p2", {"flash", tp}, B=8, H=h, topk=128, extra_topk=1024, extra_page=2)
+        )
     for h in (64, 32):
-        out.append(_case(f"c128_b8_h{h}_swa128_c128x1024_p2", {"flash"}, B=8, H=h, topk=128, extra_topk=1024, extra_page=2))
-        out.append(_case(f"c128_b1_h{h}_swa128_c128x8192_p2", {"flash"}, B=1, H=h, topk=128, extra_topk=8192, extra_page=2))
+        out.append(
+            _case(f"c128_b8_h{h}_swa128_c128x1024_p2", {"flash"}, B=8, H=h, topk=128, extra_topk=1024, extra_page=2)
+        )
+        out.append(
+            _case(f"c128_b1_h{h}_swa128_c128x8192_p2", {"flash"}, B=1, H=h, topk=128, extra_topk=8192, extra_page=2)
+        )
         out.append(_case(f"swa_b32_h{h}_swa128_only", {"flash"}, B=32, H=h, topk=128))
         for rows in (60, 64, 68):  # 15/16/17 requests x (MTP next_n 3 + 1)
-            out.append(_case(f"mtp_b{rows}_h{h}_swa128_c4x512", {"flash", "mtp"}, B=rows, H=h, topk=128, extra_topk=512))
+            out.append(
+                _case(f"mtp_b{rows}_h{h}_swa128_c4x512", {"flash", "mtp"}, B=rows, H=h, topk=128, extra_topk=512)
+            )
     return out
 
 
@@ -125,9 +133,7 @@ def _cache(n: int, page: int, gen: torch.Generator, rope_offset: float = 0.0) ->
     return dsv4.pack_pages(*dsv4.quantize_v4(k), page)
 
 
-def _indices(
-    B: int, topk: int, n: int, with_length: bool, empty_row: bool, gen: torch.Generator, poisoned: int = 0
-):
+def _indices(B: int, topk: int, n: int, with_length: bool, empty_row: bool, gen: torch.Generator, poisoned: int = 0):
     """Slots into n tokens; with `poisoned` > 0, the slots past each row's length point into the `poisoned`
     tokens that follow the n."""
     idx = torch.stack([torch.randperm(n, generator=gen)[:topk] for _ in range(B)]).to(torch.int32)
@@ -465,7 +471,10 @@ PATHS = [
 
 
 # the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
-_DECODE_CASES = "H 64/32, SWA 128 + c4 x 512 only: no c128 layer, no TP4/TP8 heads"
+_DECODE_CASES = (
+    "H 64/32/16/8 (TP1..TP8), SWA 128 + c4 x 512, c128 x 1024 and x 8192 (2-token pages), SWA-only, MTP verify "
+    "rows 60/64/68 (GPU cases); not V4.1's ratio-1/2 extra caches (pages of 256/128 tokens), nor top-k 1152"
+)
 COVERS = {
     "sglang.kernels.ops.attention.flash_mla_sm120:flash_mla_with_kvcache_sm120": _DECODE_CASES,
     "sglang.kernels.ops.attention.flash_mla_sm120:_flash_mla_flashinfer": _DECODE_CASES,

@@ -653,6 +653,6 @@ PATHS = [
 # the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
 COVERS = {
     "sglang.srt.layers.quantization.mxfp4_flashinfer_cutlass_moe:Mxfp4FlashinferCutlassMoEMethod": (
-        "I = 2048/1024 (TP1/TP2) only"
+        "I = 2048/1024/512/256 (TP1..TP8), V4-Flash's 256 experts; not V4.1's 384 experts at hidden 5120"
     ),
 }

@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from harness.parity.op import ORACLE, Case, Metric, Path, case_maker, import_module
+from harness.parity.op import ORACLE, Case, Known, Metric, Path, case_maker, import_module
 
 OP = "topk_transform"
 # the scores are fp32 and the selection must be exact; no floating output is compared
@@ -314,6 +314,18 @@ PATHS = [
 
 
 # the SGLang functions of kernels/inventory/ its paths run, and what its cases leave out (harness/parity/coverage.py)
+# seen on an H100 (topk_v1 built for SM90), 3 and 5 launches back to back on the same inputs: every launch
+# writes a row's indices in another order (the same set where the scores have no ties), and where scores tie
+# across the k-th place (bf16 scores, exact zeros) another set; each launch alone passes the recall metrics
+KNOWN = [
+    Known(
+        "sglang.jit_v1", "*", "nondeterministic", "2027-03-31",
+        "topk_transform_paged (topk_v1.cuh) is not bitwise repeatable: the order of a row's indices changes "
+        "between launches, and so does the set where scores tie at the k-th place",
+    ),
+]  # fmt: skip
+
+
 COVERS = {
     "sglang.kernels.ops.attention.dsv4.topk:topk_transform_paged": "width 512 only (topk_v1 takes up to 1024)",
 }

@@ -9,7 +9,7 @@ import pytest
 from harness.parity import arch_gates
 from tests.conftest import needs_sglang
 
-PLANTED = '''
+PLANTED = """
 import torch
 from sglang.srt.runtime_context import get_platform
 from sglang.srt.utils import is_sm100_supported
@@ -39,7 +39,7 @@ def start(blocks):
 
 def hopper_only():
     return get_platform().is_sm90
-'''
+"""
 
 
 @pytest.fixture(scope="module")

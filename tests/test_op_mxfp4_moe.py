@@ -118,10 +118,13 @@ def test_tiny_inputs_have_the_production_layout(name):
     assert 0 < int((clamped > 0).sum()) <= max(1, T // 2), "the loud tokens, and only they, reach the limit"
 
 
-def test_flash_cases_are_deepseek_v4_flash_at_tp1_and_tp2():
+def test_flash_cases_are_deepseek_v4_flash_at_tp1_to_tp8():
     flash = [c for c in op.cases() if "flash" in c.tags]
-    # the token sweep at TP=2 (the reference two-GPU SM120 deployment), one TP=1 size
-    assert {(c.params["T"], c.params["tp"]) for c in flash} == {(t, 2) for t in (1, 8, 64, 512, 4096)} | {(64, 1)}
+    # the token sweep at TP=2 (the reference two-GPU SM120 deployment), at TP=4 and TP=8 (tagged for the
+    # tp4-tp8 profile), one TP=1 size
+    sweep = {(t, tp) for t in (1, 8, 64, 512, 4096) for tp in (2, 4, 8)}
+    assert {(c.params["T"], c.params["tp"]) for c in flash} == sweep | {(64, 1)}
+    assert all(f"tp{c.params['tp']}" in c.tags for c in flash if c.params["tp"] >= 4)
     for c in flash:
         p = c.params
         assert (p["E"], p["topk"], p["H"], p["I"] * p["tp"]) == (256, 6, 4096, 2048)

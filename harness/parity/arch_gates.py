@@ -233,7 +233,9 @@ def _statement_of(tree: ast.AST, target: ast.AST, source: str) -> tuple[str, ast
             if child is target or any(n is target for n in ast.walk(child)):
                 if isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Return, ast.Assign, ast.AnnAssign, ast.Assert)):
                     best = node
-                    best_if = node if isinstance(node, ast.If) and any(n is target for n in ast.walk(node.test)) else None
+                    best_if = (
+                        node if isinstance(node, ast.If) and any(n is target for n in ast.walk(node.test)) else None
+                    )
     if best is None:
         return ast.get_source_segment(source, target) or "", None
     segment = ast.get_source_segment(source, best.test if isinstance(best, (ast.If, ast.While)) else best) or ""
@@ -290,7 +292,9 @@ def scan(modules: list[str]) -> tuple[list[Site], list[str]]:
         if f.startswith(("is_sm", "is_blackwell", "is_hopper", "device_"))
     }
     common = importlib.import_module("sglang.srt.utils.common")
-    probes = {n for n in dir(common) if n.startswith(("is_sm", "is_blackwell", "is_hopper")) and callable(getattr(common, n))}
+    probes = {
+        n for n in dir(common) if n.startswith(("is_sm", "is_blackwell", "is_hopper")) and callable(getattr(common, n))
+    }
     root = Path(importlib.import_module("sglang").__file__).resolve().parents[1]
     sites, unread = [], []
     for name in modules:
@@ -336,7 +340,11 @@ def scan(modules: list[str]) -> tuple[list[Site], list[str]]:
                 site.flags.append("as_sm100")
             if None not in (v120, v121) and v120 != v121:
                 site.flags.append("sm121_differs")
-            if if_node is not None and v120 is not None and _raises_when(if_node, node, v120, _following(tree, if_node)):
+            if (
+                if_node is not None
+                and v120 is not None
+                and _raises_when(if_node, node, v120, _following(tree, if_node))
+            ):
                 site.flags.append("raises")
             sites.append(site)
     return sites, unread
@@ -352,7 +360,9 @@ def table(sites: list[Site], flagged_only: bool = False) -> str:
     lines = [f"{'where':58} {'sm90 sm100 sm120 sm121':23} {'flags':26} test"]
     for s in rows:
         vals = " ".join(f"{show(s.values[k]):>5}" for k in CAPS)
-        lines.append(f"{s.file + ':' + str(s.line):58} {vals:23} {','.join(s.flags) or '-':26} {s.atom}   [{s.function}]")
+        lines.append(
+            f"{s.file + ':' + str(s.line):58} {vals:23} {','.join(s.flags) or '-':26} {s.atom}   [{s.function}]"
+        )
     counts = {f: sum(f in s.flags for s in sites) for f in ("as_sm100", "sm121_differs", "raises")}
     lines.append(
         f"{len(sites)} capability tests; "

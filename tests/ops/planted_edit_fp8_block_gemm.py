@@ -8,7 +8,13 @@ from harness.parity.op import Path, load_module
 
 _real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "fp8_block_gemm.py")
 OP = "planted_edit_fp8_block_gemm"
-DTYPE, PRIMARY, TOLERANCE, CEILINGS, OUTPUTS = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE, _real.CEILINGS, _real.OUTPUTS
+DTYPE, PRIMARY, TOLERANCE, CEILINGS, OUTPUTS = (
+    _real.DTYPE,
+    _real.PRIMARY,
+    _real.TOLERANCE,
+    _real.CEILINGS,
+    _real.OUTPUTS,
+)
 make_inputs, metrics, cost = _real.make_inputs, _real.metrics, _real.cost
 
 _END_OF_FIRST_KERNEL = "\n\n\n@triton.jit\ndef _w8a8_block_fp8_matmul_hopper("

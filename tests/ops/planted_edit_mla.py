@@ -9,7 +9,13 @@ from harness.parity.op import Path, load_module, require_root
 
 _real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "mla_sparse_decode.py")
 OP = "planted_edit_mla"
-DTYPE, PRIMARY, TOLERANCE, CEILINGS, OUTPUTS = _real.DTYPE, _real.PRIMARY, _real.TOLERANCE, _real.CEILINGS, _real.OUTPUTS
+DTYPE, PRIMARY, TOLERANCE, CEILINGS, OUTPUTS = (
+    _real.DTYPE,
+    _real.PRIMARY,
+    _real.TOLERANCE,
+    _real.CEILINGS,
+    _real.OUTPUTS,
+)
 make_inputs, valid_region = _real.make_inputs, _real.valid_region
 
 # the online softmax's running maximum starts at 0, not -1e30: exact whenever some score of the row is above
