@@ -62,9 +62,8 @@ Input magnitudes: q_raw ~ N(0, 1) x 2^U{-2..1} per row; K ~ N(0, 1) x 2^U{-3..1}
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
@@ -511,50 +510,13 @@ def _fp4_indexer():
     return op.import_module("sglang.kernels.ops.attention.dsv4.fp4_indexer")
 
 
-@contextlib.contextmanager
-def bf16_as_a_gpu() -> Iterator[None]:
-    """Triton's interpreter (3.8) keeps bf16 as its raw uint16 bits, and two of its operations on them
-    are not a GPU's: `tl.dot` multiplies the bits as integers (it widens only 8-bit floats: a bf16 dot
-    gives ~1e10 for ~1e-2), and `.to(tl.bfloat16)` from fp32 truncates (cast_impl passes no rounding
-    mode; a GPU rounds to nearest even). Within this block bf16 dot operands are widened to fp32 first
-    (exact: a GPU's bf16 MMA multiplies exactly and accumulates in fp32) and fp32 -> bf16 casts round to
-    nearest even. Nothing changes outside the interpreter."""
-    if not op.interpreted():
-        yield
-        return
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    real_dot, real_cast = builder.create_dot, builder.cast_impl
-
-    def widened(handle):
-        if handle.dtype.scalar != tl.bfloat16:
-            return handle
-        return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-
-    def cast(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            bits = torch.from_numpy(np.ascontiguousarray(src.data)).bfloat16().view(torch.int16).numpy()
-            return interpreter.TensorHandle(bits.view(np.uint16), tl.bfloat16)
-        return real_cast(self, src, dst_type)
-
-    builder.create_dot = lambda self, a, b, d, *rest: real_dot(self, widened(a), widened(b), d, *rest)
-    builder.cast_impl = cast
-    try:
-        yield
-    finally:
-        builder.create_dot, builder.cast_impl = real_dot, real_cast
-
-
 def sglang_triton_decode(t: dict, case: Case) -> dict[str, torch.Tensor]:
     """`fp4_index_logits_decode` (the torch indexer's decode off SM90) on the fake-quantized queries:
     its output is SGLang's own allocation, guarded, written whole (-inf past each length)."""
     mod = _fp4_indexer()
     q, w = _fq4_queries(t), _bf16_weights(t)
     table = t["k_cache"].reshape(t["k_cache"].shape[0], PAGE_BYTES)
-    with op.guarded_allocations(mod) as allocs, bf16_as_a_gpu():
+    with op.guarded_allocations(mod) as allocs, op.as_on_a_gpu():
         logits = mod.fp4_index_logits_decode(q, w, _request_slots(t, case), t["seq_lens"].long(), table, PAGE)
     return {"logits": logits.contiguous(), **allocs.result()}
 
@@ -593,7 +555,7 @@ def sglang_triton_paged(t: dict, case: Case) -> dict[str, torch.Tensor]:
     real = torch.cuda.get_device_properties
     torch.cuda.get_device_properties = lambda device=None: SimpleNamespace(multi_processor_count=188)
     try:
-        with bf16_as_a_gpu():
+        with op.as_on_a_gpu():
             logits = mod.fp4_index_logits_paged(*args)
     finally:
         torch.cuda.get_device_properties = real

@@ -61,7 +61,18 @@ import torch
 import triton
 import triton.language as tl
 
-from harness.parity.op import ORACLE, Case, Metric, Path, case_maker, dsv4, import_module, interpreted, sibling
+from harness.parity.op import (
+    ORACLE,
+    Case,
+    Metric,
+    Path,
+    as_on_a_gpu,
+    case_maker,
+    dsv4,
+    import_module,
+    interpreted,
+    sibling,
+)
 
 OP = "kv_compress_v41"
 # fp4 (e2m1) values with fine scales: calc_diff against the exact values is the fp4 rounding, ~3e-3
@@ -542,26 +553,11 @@ def _rmsnorm_fp32_launch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> t
 
 @contextlib.contextmanager
 def _interpreter_as_gpu(ds) -> Iterator[None]:
-    """What Triton's interpreter does unlike a GPU, put right for the call: `libdevice.rint` (a stub), the fp32 ->
-    bf16 cast (it truncates; a GPU rounds to nearest even) and the fp32 -> fp8e4nv cast (a mantissa carry does
-    not reach the exponent: 127 -> 64), both redone by torch's round-to-nearest-even; and `rmsnorm_fp32`'s CUDA
-    assertion (see _rmsnorm_fp32_launch)."""
-    import numpy as np
-    from triton.runtime import interpreter
-
-    convert = interpreter._convert_float
-
-    def convert_rn(data, src, dst, rounding):
-        if src == tl.float32 and dst in (tl.bfloat16, tl.float8e4nv):
-            x = torch.from_numpy(np.ascontiguousarray(data).view(np.float32).copy())
-            if dst == tl.bfloat16:
-                return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).reshape(data.shape)
-            return x.to(torch.float8_e4m3fn).view(torch.uint8).numpy().reshape(data.shape)
-        return convert(data, src, dst, rounding)
-
+    """What Triton's interpreter does unlike a GPU, put right for the call: its casts (op.as_on_a_gpu),
+    `libdevice.rint` (a stub there) and `rmsnorm_fp32`'s CUDA assertion (see _rmsnorm_fp32_launch)."""
     fq = import_module("sglang.kernels.ops.attention.dsv4.fp4_rope_fake_quant")
     with (
-        mock.patch.object(interpreter, "_convert_float", convert_rn),
+        as_on_a_gpu(),
         mock.patch.object(fq, "libdevice", SimpleNamespace(rint=_rint)),
         mock.patch.object(ds, "rmsnorm_fp32", _rmsnorm_fp32_launch),
     ):

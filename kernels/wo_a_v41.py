@@ -55,7 +55,7 @@ Input magnitudes: kernels/wo_a.py's (o ~ N(0, 1) x 2^U(-1, 1) a token, a zero to
 block-FP8 checkpoint, one all-zero block).
 
 On the CPU (Triton's interpreter) the Triton paths run SGLang's kernels with three things the interpreter
-does not do as a GPU does, done as a GPU does them (`_as_on_a_gpu`): its `tl.dot` multiplies bf16
+does not do as a GPU does, done as a GPU does them (`op.as_on_a_gpu`): its `tl.dot` multiplies bf16
 operands as their uint16 bits (triton-lang/triton#11584), its fp32 -> bf16 conversion truncates and its
 fp32 -> e4m3 conversion drops the carry of a rounded-up mantissa (a 2x error; cf. triton#8322). The
 kernels' `x.is_cuda` asserts are answered by a CPU tensor that says it is on the device (`_on_device`),
@@ -263,57 +263,6 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _as_on_a_gpu() -> Iterator[None]:
-    """Within it, Triton's interpreter computes bf16 dots and fp32 -> bf16 / e4m3 conversions as a GPU
-    does: bf16 operands widened to fp32 exactly (a bf16 MMA multiplies exactly, accumulates in fp32),
-    conversions rounded to nearest even by torch (the kernel clamps to +-448 before e4m3). Nothing changes
-    outside the interpreter."""
-    if not op.interpreted():
-        yield
-        return
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter as it
-
-    builder = it.InterpreterBuilder
-    real_dot, real_cast, real_fp = builder.create_dot, builder.cast_impl, builder.create_fp_to_fp
-    torch_of = {
-        tl.bfloat16: (torch.bfloat16, np.uint16, torch.int16),
-        tl.float8e4nv: (torch.float8_e4m3fn, np.uint8, torch.uint8),
-    }
-
-    def widened(h):
-        if h.dtype.scalar != tl.bfloat16:
-            return h
-        return it.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-
-    def rounded(src, dst_type):
-        dst = dst_type.scalar
-        if src.dtype.scalar != tl.float32 or dst not in torch_of:
-            return None
-        tdt, npdt, bits = torch_of[dst]
-        data = torch.from_numpy(np.ascontiguousarray(src.data)).to(tdt).view(bits).numpy().view(npdt)
-        return it.TensorHandle(data, dst)
-
-    def dot(self, a, b, d, *rest):
-        return real_dot(self, widened(a), widened(b), d, *rest)
-
-    def cast(self, src, dst_type):
-        got = rounded(src, dst_type)
-        return real_cast(self, src, dst_type) if got is None else got
-
-    def fp_to_fp(self, src, dst_type, rounding_mode):
-        got = rounded(src, dst_type) if rounding_mode in (None, it._ir.ROUNDING_MODE.RTNE) else None
-        return real_fp(self, src, dst_type, rounding_mode) if got is None else got
-
-    builder.create_dot, builder.cast_impl, builder.create_fp_to_fp = dot, cast, fp_to_fp
-    try:
-        yield
-    finally:
-        builder.create_dot, builder.cast_impl, builder.create_fp_to_fp = real_dot, real_cast, real_fp
-
-
-@contextlib.contextmanager
 def _sm120_platform(m) -> Iterator[None]:
     """The dispatcher's platform answers as on an RTX PRO 6000 (capability 12.0) under the interpreter:
     SGLang's own scoped override, and its module-level `_is_cuda`. On a GPU, the GPU's own answers (the
@@ -360,7 +309,7 @@ def sglang_gemv(t: dict, case: Case, module=None) -> dict[str, torch.Tensor]:
     """`wo_a_bf16_gemv(o, wo_a)`, T = 1 (decode); `module` an edited copy (tests/ops/planted_wo_a_v41.py)."""
     _need(case, "gemv", "wo_a_bf16_gemv")
     mod = module or _kernels()
-    with guarded_allocations(mod) as allocs, _as_on_a_gpu():
+    with guarded_allocations(mod) as allocs, op.as_on_a_gpu():
         y = mod.wo_a_bf16_gemv(*_args(t, case))
     return {"y": _plain(y), **allocs.result()}
 
@@ -369,7 +318,7 @@ def sglang_small_batch(t: dict, case: Case, module=None) -> dict[str, torch.Tens
     """`wo_a_bf16_small_batch(o, wo_a)`, 2..8 rows (target verify)."""
     _need(case, "small_batch", "wo_a_bf16_small_batch")
     mod = module or _kernels()
-    with guarded_allocations(mod) as allocs, _as_on_a_gpu():
+    with guarded_allocations(mod) as allocs, op.as_on_a_gpu():
         y = mod.wo_a_bf16_small_batch(*_args(t, case))
     return {"y": _plain(y), **allocs.result()}
 
@@ -383,7 +332,7 @@ def sglang_small_batch_mxfp8(t: dict, case: Case, module=None) -> dict[str, torc
     """`wo_a_bf16_small_batch_mxfp8(o, wo_a)` (fuse_mxfp8_quant), 2..8 rows; judged as wo_b reads it."""
     _need(case, "small_batch_mxfp8", "wo_a_bf16_small_batch_mxfp8")
     mod = module or _kernels()
-    with guarded_allocations(mod) as allocs, _as_on_a_gpu():
+    with guarded_allocations(mod) as allocs, op.as_on_a_gpu():
         codes, scales = mod.wo_a_bf16_small_batch_mxfp8(*_args(t, case))
     return {**_mxfp8_outputs(codes, scales), **allocs.result()}
 
@@ -425,7 +374,7 @@ def _dispatch(t: dict, case: Case, fuse_mxfp8: bool) -> dict[str, torch.Tensor]:
         for attr, name in spies.items():
             stack.enter_context(mock.patch.object(m, attr, spy(name, getattr(m, attr))))
         allocs = stack.enter_context(guarded_allocations(k, m))
-        stack.enter_context(_as_on_a_gpu())
+        stack.enter_context(op.as_on_a_gpu())
         y = m._apply_wo_a_bf16_matmul(
             *_args(t, case),
             is_decode=mode == "decode",

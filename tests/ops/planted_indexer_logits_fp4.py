@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path as _P
 
-from harness.parity.op import Path, guarded_allocations, load_by_path, load_module
+from harness.parity.op import Path, as_on_a_gpu, guarded_allocations, load_by_path, load_module
 
 _real = load_module(_P(__file__).resolve().parents[2] / "kernels" / "indexer_logits_fp4.py")
 OP = "planted_indexer_logits_fp4"
@@ -36,7 +36,7 @@ def _planted(fault: str):
         q, w = _real._fq4_queries(t), _real._bf16_weights(t)
         table = t["k_cache"].reshape(t["k_cache"].shape[0], _real.PAGE_BYTES)
         slots = _real._request_slots(t, case)
-        with guarded_allocations(mod) as allocs, _real.bf16_as_a_gpu():
+        with guarded_allocations(mod) as allocs, as_on_a_gpu():
             logits = mod.fp4_index_logits_decode(q, w, slots, t["seq_lens"].long(), table, _real.PAGE)
         return {"logits": logits.contiguous(), **allocs.result()}
 
