@@ -160,16 +160,12 @@ def cost(case: Case) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _pad_to(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    return torch.nn.functional.pad(t, (0, cols - t.shape[1], 0, rows - t.shape[0]))
-
-
 def _e4m3_blocks(g: torch.Tensor, rows: int, top: torch.Tensor) -> torch.Tensor:
     """Each [rows x 32] block of g scaled so its largest magnitude is exactly top[block] (an e4m3 value),
     rounded to e4m3: no element rounds above it. Tail blocks count their own elements only."""
     R, C = g.shape
     Rp, Cp = math.ceil(R / rows) * rows, math.ceil(C / BLOCK) * BLOCK
-    blocks = _pad_to(g, Rp, Cp).view(Rp // rows, rows, Cp // BLOCK, BLOCK)
+    blocks = _fp8._pad_to(g, Rp, Cp).view(Rp // rows, rows, Cp // BLOCK, BLOCK)
     amax = blocks.abs().amax(dim=(1, 3), keepdim=True)
     q = (blocks / amax * top[:, None, :, None]).view(Rp, Cp)[:R, :C]
     return q.to(torch.float8_e4m3fn)
@@ -177,7 +173,7 @@ def _e4m3_blocks(g: torch.Tensor, rows: int, top: torch.Tensor) -> torch.Tensor:
 
 def expand(scale: torch.Tensor, rows: int, R: int, C: int) -> torch.Tensor:
     """Per-block scale [ceil(R/rows), ceil(C/32)] -> per element [R, C]."""
-    return scale.repeat_interleave(rows, 0)[:R].repeat_interleave(BLOCK, 1)[:, :C]
+    return _fp8.expand(scale, rows, R, C, BLOCK)
 
 
 def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -208,12 +204,8 @@ def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def dequantize(t: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact float64 values of the activation and the weight."""
-    M, K = t["a"].shape
-    N = t["weight"].shape[0]
-    a = t["a"].double() * expand(t["a_scale"].double(), 1, M, K)
-    w = t["weight"].double() * expand(t["weight_scale_inv"].double(), BLOCK, N, K)
-    return a, w
+    """The exact float64 values of the activation and the weight (32 x 32 weight blocks)."""
+    return _fp8.dequantize(t, BLOCK)
 
 
 def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
@@ -225,21 +217,7 @@ def oracle(t: dict, case: Case) -> dict[str, torch.Tensor]:
 def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[Metric]:
     """calc_diff of each tile of one token by 32 output columns (one weight-scale row), the worst with
     where it is: a fault confined to one weight block or one token's group stands out there."""
-    x, ref = outputs["out"].double(), oracle_out["out"].double()
-    M, N = ref.shape
-    nb = math.ceil(N / BLOCK)
-
-    def tiles(t: torch.Tensor) -> torch.Tensor:
-        return _pad_to(t, M, nb * BLOCK).view(M, nb, BLOCK)
-
-    # a non-finite candidate where the reference is finite makes its tile infinite
-    bad = tiles((~x.isfinite() & ref.isfinite()).double()).sum(-1) > 0
-    xs, rs = tiles(torch.where(x.isfinite(), x, 0.0)), tiles(ref)
-    denom = (xs * xs + rs * rs).sum(-1)
-    per_tile = torch.where(denom > 0, 1.0 - 2.0 * (xs * rs).sum(-1) / denom.clamp(min=1e-300), 0.0)
-    per_tile = torch.where(bad, math.inf, per_tile)
-    row, block = divmod(int(per_tile.argmax()), nb)
-    return [Metric("worst_tile_calc_diff", float(per_tile[row, block]), detail={"row": row, "n_block": block})]
+    return [_fp8.worst_tile(outputs["out"], oracle_out["out"], BLOCK)]
 
 
 # ---------------------------------------------------------------------------------------------- paths

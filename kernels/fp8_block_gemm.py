@@ -150,9 +150,9 @@ def _e4m3_blocks(g: torch.Tensor, rows: int) -> torch.Tensor:
     return q.to(torch.float8_e4m3fn)
 
 
-def _expand(scale: torch.Tensor, rows: int, R: int, C: int) -> torch.Tensor:
-    """Per-block scale [ceil(R/rows), ceil(C/128)] -> per element [R, C]."""
-    return scale.repeat_interleave(rows, 0)[:R].repeat_interleave(BLOCK, 1)[:, :C]
+def expand(scale: torch.Tensor, rows: int, R: int, C: int, block: int = BLOCK) -> torch.Tensor:
+    """Per-block scale [ceil(R/rows), ceil(C/block)] -> per element [R, C]."""
+    return scale.repeat_interleave(rows, 0)[:R].repeat_interleave(block, 1)[:, :C]
 
 
 def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -164,25 +164,25 @@ def make_inputs(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
     if M > 1:
         token_exp[torch.randint(0, M, (1,), generator=gen)] = 4
     a_scale = torch.pow(2.0, (token_exp + torch.randint(-2, 3, (M, kb), generator=gen)).float())
-    x = (a.float() * _expand(a_scale, 1, M, K)).to(torch.bfloat16)
+    x = (a.float() * expand(a_scale, 1, M, K)).to(torch.bfloat16)
     # weights as a checkpoint holds them: block scales 2^-14..2^-10, so block amax ~0.03..0.4
     weight = _e4m3_blocks(torch.randn(N, K, generator=gen), BLOCK)
     weight_scale = torch.pow(2.0, torch.randint(-14, -9, (nb, kb), generator=gen).float())
     # the premise of the DTYPE: x is exactly a * a_scale (no rounding in bf16, nothing left to quantize);
     # fp32 holds both sides exactly (a power of two times an e4m3 value)
-    assert torch.equal(x.float(), a.float() * _expand(a_scale, 1, M, K))
+    assert torch.equal(x.float(), a.float() * expand(a_scale, 1, M, K))
     return {"x": x, "a": a, "a_scale": a_scale, "weight": weight, "weight_scale_inv": weight_scale}
 
 
 # ---------------------------------------------------------------------------------------------- oracle
 
 
-def dequantize(t: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact float64 values of the activation and the weight."""
+def dequantize(t: dict, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact float64 values of the activation and the weight (block x block weight scales)."""
     M, K = t["a"].shape
     N = t["weight"].shape[0]
-    a = t["a"].double() * _expand(t["a_scale"].double(), 1, M, K)
-    w = t["weight"].double() * _expand(t["weight_scale_inv"].double(), BLOCK, N, K)
+    a = t["a"].double() * expand(t["a_scale"].double(), 1, M, K, block)
+    w = t["weight"].double() * expand(t["weight_scale_inv"].double(), block, N, K, block)
     return a, w
 
 
@@ -196,12 +196,17 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
     """calc_diff of each tile of one token by 128 output columns (one weight-scale row), the worst with
     where it is. Per tile, neither the outlier token's energy nor the other column blocks dilute a
     fault confined to one weight block or one token's group."""
-    x, ref = outputs["out"].double(), oracle_out["out"].double()
+    return [worst_tile(outputs["out"], oracle_out["out"], BLOCK)]
+
+
+def worst_tile(out: torch.Tensor, reference: torch.Tensor, block: int) -> Metric:
+    """`worst_tile_calc_diff`: the worst calc_diff over tiles of one token by `block` output columns."""
+    x, ref = out.double(), reference.double()
     M, N = ref.shape
-    nb = math.ceil(N / BLOCK)
+    nb = math.ceil(N / block)
 
     def tiles(t: torch.Tensor) -> torch.Tensor:
-        return _pad_to(t, M, nb * BLOCK).view(M, nb, BLOCK)
+        return _pad_to(t, M, nb * block).view(M, nb, block)
 
     # a non-finite candidate where the reference is finite makes its tile infinite
     bad = tiles((~x.isfinite() & ref.isfinite()).double()).sum(-1) > 0
@@ -209,8 +214,8 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
     denom = (xs * xs + rs * rs).sum(-1)
     per_tile = torch.where(denom > 0, 1.0 - 2.0 * (xs * rs).sum(-1) / denom.clamp(min=1e-300), 0.0)
     per_tile = torch.where(bad, math.inf, per_tile)
-    row, block = divmod(int(per_tile.argmax()), nb)
-    return [Metric("worst_tile_calc_diff", float(per_tile[row, block]), detail={"row": row, "n_block": block})]
+    row, col = divmod(int(per_tile.argmax()), nb)
+    return Metric("worst_tile_calc_diff", float(per_tile[row, col]), detail={"row": row, "n_block": col})
 
 
 # ---------------------------------------------------------------------------------------------- paths
