@@ -79,12 +79,14 @@ from harness.parity.op import (
     Metric,
     Path,
     Unavailable,
+    as_cuda,
     case_maker,
     guarded,
     guarded_allocations,
     import_module,
     interpreted,
     load_by_path,
+    plain,
     sibling,
 )
 
@@ -316,21 +318,7 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
 # ---------------------------------------------------------------------------------------------- paths
 
 
-class _AsCuda(torch.Tensor):
-    """A CPU tensor that answers `is_cuda` True: under the interpreter the wrappers' CUDA asserts pass
-    and the kernels run on the CPU tensors."""
-
-    @property
-    def is_cuda(self) -> bool:  # type: ignore[override]
-        return True
-
-
-def _dev(x: torch.Tensor | None) -> torch.Tensor | None:
-    return x.as_subclass(_AsCuda) if x is not None and interpreted() else x
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_subclass(torch.Tensor)
+_dev, _plain = as_cuda, plain  # CPU tensors that answer is_cuda under the interpreter (harness/workers/interpreter.py)
 
 
 @triton.jit

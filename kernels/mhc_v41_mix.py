@@ -54,6 +54,7 @@ from harness.parity.op import (
     Case,
     Path,
     Unavailable,
+    as_cuda,
     case_maker,
     guarded_allocations,
     import_module,
@@ -164,22 +165,13 @@ def sm120_platform() -> Iterator[Any]:
         yield platform
 
 
-class _AsCuda(torch.Tensor):
-    """A CPU tensor that answers `is_cuda` True (as kernels/engram_gate.py does): SGLang's model functions
-    take their CUDA branch, whose Triton kernels then run on the CPU tensors under the interpreter."""
-
-    @property
-    def is_cuda(self) -> bool:  # type: ignore[override]
-        return True
-
-
 def as_device(x: torch.Tensor) -> torch.Tensor:
-    """x as SGLang's CUDA branch must see it: itself on a GPU, an `_AsCuda` view under the interpreter."""
+    """x as SGLang's CUDA branch must see it: itself on a GPU, else op.as_cuda's view (it answers `is_cuda`)."""
     if x.is_cuda or not interpreted():
         return x
     if torch.version.cuda is None:
         raise Unavailable("SGLang's CUDA branch also needs torch.version.cuda: this torch is a CPU-only build")
-    return x.as_subclass(_AsCuda)
+    return as_cuda(x)
 
 
 def plain(x: torch.Tensor) -> torch.Tensor:

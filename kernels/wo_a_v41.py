@@ -245,21 +245,11 @@ def metrics(outputs: dict, oracle_out: dict, inputs: dict, case: Case) -> list[M
 # ---------------------------------------------------------------------------------------------- on the CPU
 
 
-class _OnDevice(torch.Tensor):
-    """A CPU tensor that answers `is_cuda` as the device tensor it stands in for: SGLang's wrappers assert
-    it, Triton's interpreter runs on the CPU memory."""
-
-    @property
-    def is_cuda(self) -> bool:  # type: ignore[override]
-        return True
-
-
 def _on_device(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return tuple(x.as_subclass(_OnDevice) if not x.is_cuda and op.interpreted() else x for x in ts)
+    return tuple(op.as_cuda(x) for x in ts)
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_subclass(torch.Tensor) if isinstance(x, _OnDevice) else x
+_plain = op.plain
 
 
 @contextlib.contextmanager

@@ -23,13 +23,13 @@ from harness.parity.drift import Metric, calc_diff, ids_mismatch, worst_row_calc
 from harness.parity.guard import STRAY, Allocations, Guarded, guarded, guarded_allocations
 from harness.results.metrics import ORACLE
 from harness.workers.environment import Absent, Unavailable
-from harness.workers.interpreter import as_on_a_gpu
+from harness.workers.interpreter import as_cuda, as_on_a_gpu, plain
 from harness.workers.sglang_src import generated, import_module, load_by_path, require_root
 from harness.workers.triton_capture import capturing, keep_first_config, pinned_config
 
 __all__ = [
     "ORACLE", "SM90", "SM100", "SM120", "STRAY", "Allocations", "Case", "Guarded", "Known", "Metric", "Path",
-    "Tensors", "Unavailable", "as_on_a_gpu", "guarded", "guarded_allocations", "pinned_config",
+    "Tensors", "Unavailable", "as_cuda", "as_on_a_gpu", "plain", "guarded", "guarded_allocations", "pinned_config",
     "calc_diff", "case_maker", "capturing", "deepgemm", "dsv4", "function", "ids_mismatch", "import_module",
     "interpreted",
     "keep_first_config", "load_by_path", "load_module", "require", "require_root", "sibling", "worst_row_calc_diff",

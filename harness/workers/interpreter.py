@@ -51,3 +51,25 @@ def as_on_a_gpu() -> Iterator[None]:
         mock.patch.object(it.InterpreterBuilder, "create_dot", dot),
     ):
         yield
+
+
+class _AsCuda(torch.Tensor):
+    """A CPU tensor that answers `is_cuda` True: SGLang's wrappers assert it (or take their CUDA branch on
+    it), and under the interpreter the Triton kernels then run on the CPU memory."""
+
+    @property
+    def is_cuda(self) -> bool:  # type: ignore[override]
+        return True
+
+
+def as_cuda(x: torch.Tensor | None) -> torch.Tensor | None:
+    """x as SGLang's CUDA-only code must see it: itself on a GPU (or outside the interpreter), else a view that
+    answers `is_cuda` True."""
+    if x is None or x.is_cuda or os.environ.get("TRITON_INTERPRET") != "1":
+        return x
+    return x.as_subclass(_AsCuda)
+
+
+def plain(x: torch.Tensor) -> torch.Tensor:
+    """An `as_cuda` view back to a plain tensor (for the outputs a path returns); anything else unchanged."""
+    return x.as_subclass(torch.Tensor) if isinstance(x, _AsCuda) else x
